@@ -1,0 +1,143 @@
+"""The application factory: ``create_app(settings)`` builds the Litestar app and its lifespan.
+
+Per process, the lifespan opens the database pool, applies pending migrations, loads the admin key
+hash (making one if none exists), starts the engine pool's health checks and the usage meter, and on
+shutdown closes them in reverse, flushing every pending usage event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import aiohttp
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from gateway import __version__
+from gateway.auth import store
+from gateway.auth.keys import digest
+from gateway.auth.service import Authenticator
+from gateway.db.migrations import upgrade
+from gateway.db.pool import open_pool
+from gateway.engines.client import EngineClient
+from gateway.engines.pool import EnginePool
+from gateway.engines.timeouts import EngineTimeouts
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.middleware import RequestContextMiddleware
+from gateway.routes import admin, health, inference, keys, models, usage
+from gateway.services.container import Services
+from gateway.services.inference import InferenceService
+from gateway.settings import Settings, SettingsError
+from observability.usage import UsageMeter
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message says which setting or resource is at fault."""
+
+
+def announce_admin_key(key: str) -> None:
+    """Print a newly generated admin key once, to the terminal only (never to the logs)."""
+    print(  # noqa: T201 - shown once on purpose
+        "\n  No TENANTGATE_ADMIN_KEY was set, so a platform admin key was generated.\n"
+        f"  It is shown only this once; only its hash is stored:\n\n      {key}\n",
+        flush=True,
+    )
+
+
+async def _admin_key_hash(settings: Settings, db: Any) -> bytes:
+    if settings.admin_key is not None:
+        return digest(settings.admin_key)
+    key_hash, new_key = await store.ensure_admin_key(db)
+    if new_key is not None:
+        announce_admin_key(new_key)
+    return key_hash
+
+
+def _timeouts(settings: Settings) -> EngineTimeouts:
+    return EngineTimeouts(
+        connect=settings.engine_connect_timeout,
+        first_byte=settings.engine_first_byte_timeout,
+        total=settings.engine_total_timeout,
+    )
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    if settings.database_url is None:
+        raise SettingsError(
+            "TENANTGATE_DATABASE_URL is not set: run `tenantgate serve`, which starts the embedded Postgres,"
+            " or point it at a Postgres server"
+        )
+    async with AsyncExitStack() as stack:
+        try:
+            await upgrade(settings.database_url)
+            db = await open_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        except Exception as exc:
+            raise StartupError(f"TENANTGATE_DATABASE_URL: cannot use the database ({type(exc).__name__})") from exc
+        stack.push_async_callback(db.close)
+        auth = Authenticator(
+            db, admin_key_hash=await _admin_key_hash(settings, db), ttl=settings.auth_cache_ttl,
+            max_entries=settings.auth_cache_size,
+        )
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        http = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        stack.push_async_callback(http.close)
+        timeouts = _timeouts(settings)
+        engines = EnginePool(
+            http, settings.engine_urls, settings.embedding_urls, timeouts=timeouts,
+            health_interval=settings.engine_health_interval,
+        )
+        await engines.start()
+        stack.push_async_callback(engines.stop)
+        meter = UsageMeter(
+            db, flush_interval=settings.usage_flush_interval, batch_size=settings.usage_batch_size,
+            max_pending=settings.usage_queue_max,
+        )
+        await meter.start()
+        stack.push_async_callback(meter.stop)
+        client = EngineClient(engines, http, timeouts)
+        yield Services(settings, db, auth, http, engines, client, meter, InferenceService(client, meter))
+
+
+def create_litestar(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_services(settings) as services:
+            app.state.services = services
+            log.info("gateway ready", extra={"engines": len(services.engines.replicas)})
+            yield
+        log.info("gateway stopped")
+
+    return Litestar(
+        route_handlers=[
+            *inference.ROUTES, *models.ROUTES, *usage.ROUTES, *health.ROUTES,
+            keys.TenantKeysController, admin.AdminController,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="tenantgate",
+            version=__version__,
+            description="Multi-tenant, OpenAI-compatible gateway over vLLM.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API key")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )
+
+
+def create_app(settings: Settings) -> RequestContextMiddleware:
+    """The ASGI app to serve: Litestar wrapped in the request-context layer."""
+    return RequestContextMiddleware(create_litestar(settings), body_read_timeout=settings.body_read_timeout)

@@ -1,0 +1,204 @@
+"""``tenantgate``: serve the gateway, upgrade the database, manage tenants and keys from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import msgspec
+
+from gateway import __version__
+from gateway.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL to use: the configured one, or an embedded Postgres started for the duration."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from gateway.db.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.embedded_postgres_dir)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(config_file=args.config)
+    overrides = {k: getattr(args, k) for k in ("host", "port", "workers", "server") if getattr(args, k, None)}
+    if overrides:
+        try:
+            settings = msgspec.convert({**msgspec.structs.asdict(settings), **overrides}, Settings)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(str(exc)) from None
+    return settings
+
+
+def _run(coro_fn: Callable[[str], Awaitable[T]], settings: Settings) -> T:
+    with database(settings) as url:
+        from gateway.db.migrations import upgrade
+
+        asyncio.run(upgrade(url))
+        return asyncio.run(_with_url(coro_fn, url))
+
+
+async def _with_url(coro_fn: Callable[[str], Awaitable[T]], url: str) -> T:
+    return await coro_fn(url)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    from gateway.app import announce_admin_key
+    from gateway.auth import store
+    from gateway.db.migrations import upgrade
+    from gateway.db.pool import open_pool
+    from gateway.server import serve
+    from observability.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    with database(settings) as url:
+        asyncio.run(upgrade(url))
+        if settings.admin_key is None:
+
+            async def bootstrap() -> str | None:
+                pool = await open_pool(url)
+                try:
+                    return (await store.ensure_admin_key(pool))[1]
+                finally:
+                    await pool.close()
+
+            new_key = asyncio.run(bootstrap())
+            if new_key is not None:
+                announce_admin_key(new_key)
+        if not settings.engine_urls and not settings.embedding_urls:
+            print("warning: no TENANTGATE_ENGINE_URLS or TENANTGATE_EMBEDDING_URLS set; every model call will 404",
+                  file=sys.stderr)
+        serve(settings, url)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> None:
+    from gateway.db.migrations import current_version, upgrade
+
+    async def run(url: str) -> tuple[list[int], int | None]:
+        return await upgrade(url), await current_version(url)
+
+    settings = _settings(args)
+    with database(settings) as url:
+        applied, version = asyncio.run(run(url))
+    print(f"applied {applied or 'nothing'}; schema version {version}")
+
+
+def _print_json(value: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def cmd_tenants(args: argparse.Namespace) -> None:
+    import uuid
+
+    from gateway.auth import store
+    from gateway.db.pool import open_pool
+    from gateway.routes.bodies import check_tenant_name
+
+    async def run(url: str) -> Any:
+        pool = await open_pool(url)
+        try:
+            if args.action == "create":
+                return await store.create_tenant(pool, check_tenant_name(args.name), actor="cli")
+            if args.action == "list":
+                return await store.list_tenants(pool)
+            tenant = await store.tenant_by_name(pool, args.name)
+            return await store.set_tenant_disabled(pool, uuid.UUID(tenant.id), args.action == "disable",
+                                                   actor="cli")
+        finally:
+            await pool.close()
+
+    _print_json(_run(run, _settings(args)))
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    import uuid
+
+    from gateway.auth import store
+    from gateway.db.pool import open_pool
+
+    async def run(url: str) -> store.CreatedApiKey:
+        pool = await open_pool(url)
+        try:
+            tenant = await store.tenant_by_name(pool, args.tenant)
+            return await store.create_key(pool, uuid.UUID(tenant.id), args.role, name=args.name, actor="cli")
+        finally:
+            await pool.close()
+
+    created = _run(run, _settings(args))
+    print(created.key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenantgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tenantgate {__version__}")
+    parser.add_argument("--config", help="TOML settings file (else TENANTGATE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway against the engines named in settings")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--server", choices=["granian", "uvicorn"])
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations").set_defaults(func=cmd_db_upgrade)
+
+    tenants = sub.add_parser("tenants", help="manage tenants")
+    t_sub = tenants.add_subparsers(dest="action", required=True)
+    for action in ("create", "disable", "enable"):
+        p = t_sub.add_parser(action, help=f"{action} a tenant")
+        p.add_argument("name")
+        p.set_defaults(func=cmd_tenants)
+    t_sub.add_parser("list", help="list tenants").set_defaults(func=cmd_tenants)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    k_sub = keys.add_subparsers(dest="action", required=True)
+    create = k_sub.add_parser("create", help="create a key and print it (shown once)")
+    create.add_argument("--tenant", required=True, help="tenant name")
+    create.add_argument("--role", choices=["admin", "user"], default="user")
+    create.add_argument("--name", help="a label for the key")
+    create.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (SettingsError, CliError) as exc:
+        print(f"tenantgate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message = getattr(exc, "message", None)
+        if message is None:
+            raise
+        print(f"tenantgate: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

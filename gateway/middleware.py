@@ -1,0 +1,84 @@
+"""The outermost ASGI layer: request id on every response (404s and 405s included), body read deadline.
+
+It wraps the whole Litestar app rather than sitting in Litestar's middleware stack, because Litestar
+answers unknown routes before its middleware runs. Kept to plain ASGI so it costs a few microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import RequestTimeoutError
+from observability.context import is_valid_request_id, new_request_id, reset_request_id, set_request_id
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+def _incoming_request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            try:
+                candidate = value.decode("ascii")
+            except UnicodeDecodeError:
+                break
+            if is_valid_request_id(candidate):
+                return candidate
+            break
+    return new_request_id()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, body_read_timeout: float) -> None:
+        self.app = app
+        self.body_read_timeout = body_read_timeout
+
+    def __getattr__(self, name: str) -> Any:  # let servers and tests reach the wrapped app's attributes
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id  # type: ignore[typeddict-unknown-key]
+        scope["state"]["started"] = time.perf_counter()  # type: ignore[index]
+        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]  # type: ignore[typeddict-item]
+            await send(message)
+
+        token = set_request_id(request_id)
+        try:
+            await self.app(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
+        finally:
+            reset_request_id(token)
+
+
+def _deadline_receive(receive: Receive, timeout: float) -> Receive:
+    """``receive`` that fails with 408 if the body has not fully arrived within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    body_done = False
+
+    async def receive_with_deadline() -> Any:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        remaining = deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"The request body did not arrive within {timeout:g} seconds."
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return receive_with_deadline

@@ -1,0 +1,93 @@
+"""Helpers shared by the routes: body reading, dependencies, disconnect watching, reply conversion."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from litestar import MediaType, Request, Response
+from litestar.response import Stream
+
+from gateway.auth.principal import Principal
+from gateway.errors import ClientDisconnectedError, UnsupportedMediaTypeError
+from gateway.services.container import Services
+from gateway.services.inference import JsonReply, StreamReply
+
+T = TypeVar("T")
+AnyRequest = Request[Any, Any, Any]
+
+
+def services_of(request: AnyRequest) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def provide_services(request: AnyRequest) -> Services:
+    return services_of(request)
+
+
+async def provide_principal(request: AnyRequest) -> Principal:
+    """Any valid tenant key (role user or admin)."""
+    return await services_of(request).auth.tenant(request.headers.get("authorization"))
+
+
+async def provide_tenant_admin(request: AnyRequest) -> Principal:
+    """A tenant admin key."""
+    return await services_of(request).auth.tenant(request.headers.get("authorization"), role="admin")
+
+
+async def read_json_body(request: AnyRequest) -> bytes:
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        media = content_type.partition(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaTypeError(
+                f"Unsupported content type '{media[:64]}'; send 'application/json'."
+            )
+    return await request.body()
+
+
+def request_id_of(request: AnyRequest) -> str:
+    return str(request.scope["state"].get("request_id", ""))  # type: ignore[union-attr]
+
+
+def started_of(request: AnyRequest) -> tuple[float, datetime]:
+    started = request.scope["state"].get("started")  # type: ignore[union-attr]
+    return (started if isinstance(started, float) else time.perf_counter()), datetime.now(UTC)
+
+
+async def until_disconnect(request: AnyRequest, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client goes away first, cancel it (and so the engine request under it)."""
+    task = asyncio.current_task()
+    assert task is not None
+    receive = request.receive
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
+            raise ClientDisconnectedError("The client closed the connection.") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def to_response(reply: JsonReply | StreamReply) -> Response[Any]:
+    if isinstance(reply, StreamReply):
+        return Stream(reply.chunks, media_type="text/event-stream", headers=_SSE_HEADERS)
+    headers = {"retry-after": "1"} if reply.status == 503 else None
+    return Response(content=reply.body, status_code=reply.status, media_type=MediaType.JSON, headers=headers)

@@ -1,0 +1,64 @@
+"""Run the gateway under a production ASGI server: Granian (default) or uvicorn, with N workers.
+
+Both drain in-flight requests on SIGTERM/SIGINT before the app's shutdown flushes the usage meter.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gateway.settings import Settings
+
+FACTORY = "gateway.asgi:create"
+
+
+def serve(settings: Settings, database_url: str) -> None:
+    """Serve until stopped. Workers read their settings from the environment, so pass the URL there."""
+    os.environ["TENANTGATE_DATABASE_URL"] = database_url
+    if settings.server == "uvicorn":
+        _serve_uvicorn(settings)
+    else:
+        _serve_granian(settings)
+
+
+def _serve_granian(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        FACTORY,
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        log_access=False,
+        backlog=2048,
+        workers_kill_timeout=int(settings.shutdown_timeout),
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def _serve_uvicorn(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools" if _has("httptools") else "h11",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        log_level=settings.log_level,
+    )
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,27 @@
+"""Everything one gateway process holds, built once in the app's lifespan and closed in reverse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.auth.service import Authenticator
+from gateway.engines.client import EngineClient
+from gateway.engines.pool import EnginePool
+from gateway.services.inference import InferenceService
+from gateway.settings import Settings
+from observability.usage import UsageMeter
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: AsyncConnectionPool
+    auth: Authenticator
+    http: aiohttp.ClientSession
+    engines: EnginePool
+    client: EngineClient
+    meter: UsageMeter
+    inference: InferenceService

@@ -1,0 +1,199 @@
+"""One typed settings object, read from ``TENANTGATE_*`` environment variables and an optional TOML file.
+
+Precedence, highest first: environment, the TOML file (``TENANTGATE_CONFIG`` or ``--config``), defaults.
+Keys in the file are the variable names without the prefix, in lower case (``engine_urls = [...]``).
+A wrong value stops start-up with a :class:`SettingsError` that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+ENV_PREFIX = "TENANTGATE_"
+MIN_ADMIN_KEY_LENGTH = 32
+
+
+class SettingsError(Exception):
+    """A setting is missing, malformed or out of range. The message names it; secrets are never echoed."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "tenantgate")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting of the gateway. See the README's configuration table for what each one does."""
+
+    database_url: str | None = None
+    engine_urls: tuple[str, ...] = ()
+    embedding_urls: tuple[str, ...] = ()
+    admin_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    workers: int = 1
+    server: Literal["granian", "uvicorn"] = "granian"
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    body_read_timeout: float = 30.0
+    shutdown_timeout: float = 30.0
+
+    engine_connect_timeout: float = 3.0
+    engine_first_byte_timeout: float = 120.0
+    engine_total_timeout: float = 600.0
+    engine_health_interval: float = 5.0
+
+    auth_cache_ttl: float = 10.0
+    auth_cache_size: int = 10_000
+
+    usage_flush_interval: float = 1.0
+    usage_batch_size: int = 1000
+    usage_queue_max: int = 100_000
+
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def __repr__(self) -> str:
+        shown = {f: ("***" if f in _SECRET_FIELDS and getattr(self, f) else getattr(self, f))
+                 for f in self.__struct_fields__}
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    __str__ = __repr__
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def embedded_postgres_dir(self) -> Path:
+        return self.data_path / "postgres"
+
+
+_TUPLE_FIELDS = {"engine_urls", "embedding_urls"}
+_SECRET_FIELDS = {"admin_key", "database_url"}
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _field_names() -> tuple[str, ...]:
+    return Settings.__struct_fields__
+
+
+def _parse_env_value(field: str, raw: str) -> Any:
+    if field in _TUPLE_FIELDS:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if raw == "" and field in {"database_url", "admin_key"}:
+        return None
+    return raw
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Build :class:`Settings` from a TOML file (optional) overlaid with environment variables."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        values.update(_read_toml(Path(path)))
+    for field in _field_names():
+        raw = env.get(_env_name(field))
+        if raw is not None:
+            values[field] = _parse_env_value(field, raw)
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower()
+                     not in _field_names() and k != ENV_PREFIX + "CONFIG")
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (check the spelling; see the README's table)")
+    return _convert(values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_field_names()))
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def _convert(values: dict[str, Any]) -> Settings:
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except SettingsError:
+        raise
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe_validation_error(exc)) from None
+
+
+def _describe_validation_error(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    # msgspec says "Expected `int`, got `str` - at `$.port`": name the environment variable instead.
+    if " - at `$." in text:
+        message, _, where = text.partition(" - at `$.")
+        field = where.rstrip("`").split("[")[0].split(".")[0]
+        if field in _SECRET_FIELDS:
+            return f"{_env_name(field)}: {message.split(',')[0]}"
+        return f"{_env_name(field)}: {message}"
+    return text
+
+
+def _validate(settings: Settings) -> None:
+    for field in ("engine_urls", "embedding_urls"):
+        for url in getattr(settings, field):
+            _check_url(field, url)
+    if settings.database_url is not None and not settings.database_url.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise SettingsError(f"{_env_name('database_url')}: must start with postgresql:// or postgres://")
+    if settings.admin_key is not None and len(settings.admin_key) < MIN_ADMIN_KEY_LENGTH:
+        raise SettingsError(
+            f"{_env_name('admin_key')}: must be at least {MIN_ADMIN_KEY_LENGTH} characters of high entropy"
+        )
+    if not 0 < settings.port < 65536:
+        raise SettingsError(f"{_env_name('port')}: {settings.port} is not a TCP port (1-65535)")
+    _check_positive(settings)
+    if settings.db_pool_min > settings.db_pool_max:
+        raise SettingsError(f"{_env_name('db_pool_min')}: larger than {_env_name('db_pool_max')}")
+
+
+def _check_positive(settings: Settings) -> None:
+    positive = (
+        "workers", "max_body_bytes", "body_read_timeout", "shutdown_timeout", "engine_connect_timeout",
+        "engine_first_byte_timeout", "engine_total_timeout", "engine_health_interval", "auth_cache_size",
+        "usage_flush_interval", "usage_batch_size", "usage_queue_max", "db_pool_max",
+    )
+    for field in positive:
+        if getattr(settings, field) <= 0:
+            raise SettingsError(f"{_env_name(field)}: must be greater than 0")
+    if settings.auth_cache_ttl < 0 or settings.db_pool_min < 0:
+        raise SettingsError(f"{_env_name('auth_cache_ttl')} and {_env_name('db_pool_min')}: must be >= 0")
+
+
+def _check_url(field: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{_env_name(field)}: {url!r} is not an http(s) base URL (e.g. http://127.0.0.1:8001)")
+    if parts.path not in ("", "/") or parts.query:
+        raise SettingsError(
+            f"{_env_name(field)}: {url!r}: give the server's base URL without a path; the gateway adds /v1/..."
+        )

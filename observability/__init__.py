@@ -1,0 +1,1 @@
+"""Logging, usage metering and (later) tracing and metrics. Imported by every other package."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: one real Postgres per test session (embedded, or ``TG_TEST_DATABASE_URL``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.migrations import upgrade
+from gateway.db.pool import open_pool
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Tables holding data, emptied between tests (schema_migrations stays).
+DATA_TABLES = ("usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database: the server named by TG_TEST_DATABASE_URL, else an embedded one."""
+    external = os.environ.get("TG_TEST_DATABASE_URL")
+    if external:
+        _run_upgrade(external)
+        yield external
+        return
+    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data")
+    url = server.start()
+    try:
+        _run_upgrade(url)
+        yield url
+    finally:
+        server.stop()
+
+
+def _run_upgrade(url: str) -> None:
+    import asyncio
+
+    asyncio.run(upgrade(url))
+
+
+def truncate_all(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(DATA_TABLES) + " RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def clean_database_url(database_url: str) -> str:
+    """The session database, emptied of rows before the test."""
+    truncate_all(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def db_pool(clean_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    pool = await open_pool(clean_database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
