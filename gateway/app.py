@@ -44,7 +44,7 @@ class StartupError(Exception):
 
 def announce_admin_key(key: str) -> None:
     """Print a newly generated admin key once, to the terminal only (never to the logs)."""
-    print(  # noqa: T201 - shown once on purpose
+    print(
         "\n  No TENANTGATE_ADMIN_KEY was set, so a platform admin key was generated.\n"
         f"  It is shown only this once; only its hash is stored:\n\n      {key}\n",
         flush=True,

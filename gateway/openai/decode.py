@@ -41,7 +41,9 @@ def _validation_error(text: str) -> InvalidRequestError:
     if missing:
         field = missing.group(1)
         param = f"{path}.{field}" if path else field
-        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+        return InvalidRequestError(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
     if not path:
         return InvalidRequestError(f"Invalid request body: {message}. Send a JSON object.", code="invalid_json")
     return InvalidRequestError(f"Invalid value for '{path}': {message}.", param=path, code="invalid_type")

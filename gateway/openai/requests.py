@@ -25,7 +25,7 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     stream: bool | None = None
     # UNSET (absent) is told apart from null: only an absent field may be spliced into the raw body.
-    stream_options: StreamOptions | None | UnsetType = UNSET
+    stream_options: StreamOptions | UnsetType | None = UNSET
     max_tokens: int | None = None
     n: int | None = None
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from typing import Any
 
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.connection import ASGIConnection
-from litestar.params import FromPath, FromQuery
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, FromQuery
 
 from gateway.auth import store
 from gateway.auth.errors import TenantNotFoundError
@@ -23,7 +24,7 @@ from gateway.routes.usage import PlatformUsageList, platform_usage_between
 ACTOR = "platform-admin"
 
 
-def platform_admin_guard(connection: ASGIConnection[object, object, object, object], _: BaseRouteHandler) -> None:
+def platform_admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     connection.app.state.services.auth.platform_admin(connection.headers.get("authorization"))
 
 

@@ -51,11 +51,11 @@ async def read_json_body(request: AnyRequest) -> bytes:
 
 
 def request_id_of(request: AnyRequest) -> str:
-    return str(request.scope["state"].get("request_id", ""))  # type: ignore[union-attr]
+    return str(request.scope["state"].get("request_id", ""))
 
 
 def started_of(request: AnyRequest) -> tuple[float, datetime]:
-    started = request.scope["state"].get("started")  # type: ignore[union-attr]
+    started = request.scope["state"].get("started")
     return (started if isinstance(started, float) else time.perf_counter()), datetime.now(UTC)
 
 

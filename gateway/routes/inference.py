@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, post
 from litestar.di import NamedDependency, Provide
+from msgspec import UNSET
 
 from gateway.auth.principal import Principal
 from gateway.openai.decode import check_chat, check_completion, check_embedding, decode_json_body
@@ -22,7 +23,6 @@ from gateway.routes.common import (
     until_disconnect,
 )
 from gateway.services.inference import CallContext, Endpoint, JsonReply, StreamReply
-from msgspec import UNSET
 
 _DEPENDENCIES = {"principal": Provide(provide_principal)}
 

@@ -18,10 +18,11 @@ from typing import Any, Literal
 import msgspec
 
 from gateway.auth.principal import Principal
-from gateway.engines.client import EngineClient, EngineReply, EngineStream
+from gateway.engines.client import EngineClient, EngineReply
 from gateway.engines.errors import EngineError, EngineStreamBrokenError
 from gateway.engines.normalize import normalize_error_body
 from gateway.engines.replica import Purpose
+from gateway.engines.stream import EngineStream
 from gateway.errors import encode_error, error_body_for
 from gateway.services.sse import SseRelay, inject_include_usage
 from observability.usage import UsageEvent, UsageMeter

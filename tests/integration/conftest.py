@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -79,7 +80,7 @@ async def start_gateway(settings: Settings) -> tuple[RequestContextMiddleware, u
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, lifespan="on", log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # pytest keeps Ctrl-C
     task = asyncio.get_running_loop().create_task(server.serve())
     for _ in range(500):
         if server.started:

@@ -1,0 +1,227 @@
+"""The set of engine replicas: health checks, model discovery and replica choice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from gateway.engines.errors import EngineUnavailableError, ModelNotServedError
+from gateway.engines.normalize import redact
+from gateway.engines.replica import Purpose, Replica
+from gateway.engines.timeouts import EngineTimeouts
+
+__all__ = ["EnginePool"]
+
+logger = logging.getLogger(__name__)
+
+_PURPOSES: tuple[Purpose, ...] = ("generate", "embed")
+
+
+class _ProbeError(Exception):
+    pass
+
+
+class EnginePool:
+    """Every configured replica, their health and the models they serve.
+
+    `start()` checks every replica once, then keeps checking them in the background every
+    `health_interval` seconds; `choose()` is the per-request call and does no I/O.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        generate_urls: Sequence[str],
+        embed_urls: Sequence[str],
+        *,
+        timeouts: EngineTimeouts,
+        health_interval: float = 5.0,
+    ) -> None:
+        self._session = session
+        self._timeouts = timeouts
+        self._health_interval = health_interval
+        self._by_purpose: dict[Purpose, tuple[Replica, ...]] = {
+            "generate": tuple(Replica(url, "generate") for url in generate_urls),
+            "embed": tuple(Replica(url, "embed") for url in embed_urls),
+        }
+        self._replicas = self._by_purpose["generate"] + self._by_purpose["embed"]
+        self._probe_timeout = aiohttp.ClientTimeout(total=timeouts.probe, sock_connect=timeouts.connect)
+        self._rr = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        return self._replicas
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check every replica once, then start the background health loop."""
+        await self.refresh()
+        if self._task is None:
+            self._task = asyncio.create_task(self._health_loop(), name="engine-pool-health")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval)
+            try:
+                await self.refresh()
+            except Exception:  # a bug here must not end health checking for good
+                logger.exception("engine health check failed")
+
+    # -- health ----------------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Probe every replica concurrently: `GET /health`, then `GET /v1/models`."""
+        if self._replicas:
+            await asyncio.gather(*(self._check(replica) for replica in self._replicas))
+
+    async def _check(self, replica: Replica) -> None:
+        was_healthy = replica.healthy
+        try:
+            await self._probe(replica, "/health")
+            cards = _parse_model_list(await self._probe(replica, "/v1/models"))
+        except (aiohttp.ClientError, TimeoutError, _ProbeError) as exc:
+            replica.healthy = False
+            replica.last_error = _describe(exc)
+            if was_healthy:
+                logger.warning("engine %s is unhealthy: %s", replica.display_url, replica.last_error)
+        else:
+            replica.model_cards = cards
+            replica.healthy = True
+            replica.last_error = None
+            if not was_healthy:
+                logger.info("engine %s is healthy, serving %s", replica.display_url, sorted(cards))
+        finally:
+            replica.last_check = time.time()
+
+    async def _probe(self, replica: Replica, path: str) -> bytes:
+        async with self._session.get(replica.endpoint(path), timeout=self._probe_timeout) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise _ProbeError(f"GET {path} answered HTTP {resp.status}")
+            return body
+
+    def mark_unhealthy(self, replica: Replica, reason: str) -> None:
+        """Take a replica out of rotation until the health loop finds it well again."""
+        if replica.healthy:
+            logger.warning("engine %s marked unhealthy: %s", replica.display_url, reason)
+        replica.healthy = False
+        replica.last_error = reason
+
+    # -- choice ----------------------------------------------------------------------------------
+
+    def choose(self, model: str, purpose: Purpose, exclude: Collection[Replica] = ()) -> Replica:
+        """The healthy replica serving `model` with the fewest requests in flight.
+
+        Ties rotate, so equally loaded replicas share the load. Raises `ModelNotServedError` when no
+        replica of that purpose lists the model (healthy or not), `EngineUnavailableError` when it is
+        listed but no healthy replica outside `exclude` is left.
+        """
+        best: Replica | None = None
+        ties: list[Replica] | None = None
+        known = False
+        for replica in self._by_purpose[purpose]:
+            if model not in replica.model_cards:
+                continue
+            known = True
+            if not replica.healthy or (exclude and replica in exclude):
+                continue
+            if best is None or replica.in_flight < best.in_flight:
+                best, ties = replica, None
+            elif replica.in_flight == best.in_flight:
+                if ties is None:
+                    ties = [best]
+                ties.append(replica)
+        if best is None:
+            if not known:
+                raise ModelNotServedError(model)
+            raise EngineUnavailableError(f"No healthy engine is serving the model `{model}`.", model)
+        if ties is None:
+            return best
+        self._rr += 1
+        return ties[self._rr % len(ties)]
+
+    # -- listings --------------------------------------------------------------------------------
+
+    def models(self, purpose: Purpose | None = None) -> list[dict[str, Any]]:
+        """Model cards of every known model, deduplicated by id, each with a `purpose` key.
+
+        A healthy replica's card wins over a stale one; models whose replicas are all down are still
+        listed (they are configured, just unavailable right now).
+        """
+        replicas = self._replicas if purpose is None else self._by_purpose[purpose]
+        ordered = [r for r in replicas if r.healthy] + [r for r in replicas if not r.healthy]
+        cards: dict[str, dict[str, Any]] = {}
+        for replica in ordered:
+            for model_id, card in replica.model_cards.items():
+                if model_id not in cards:
+                    cards[model_id] = {**card, "purpose": replica.purpose}
+        return list(cards.values())
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the gateway can serve: details are safe to show (no credentials).
+
+        Ready means at least one replica is configured, every configured purpose has a healthy
+        replica, and every known model has at least one healthy replica.
+        """
+        models: dict[str, dict[str, Any]] = {}
+        for replica in self._replicas:
+            for model_id in replica.model_cards:
+                entry = models.setdefault(model_id, {"purpose": replica.purpose, "replicas": 0, "healthy_replicas": 0})
+                entry["replicas"] += 1
+                entry["healthy_replicas"] += int(replica.healthy)
+        purposes_ok = all(any(r.healthy for r in self._by_purpose[p]) for p in _PURPOSES if self._by_purpose[p])
+        ready = bool(self._replicas) and purposes_ok and all(entry["healthy_replicas"] > 0 for entry in models.values())
+        details: dict[str, Any] = {
+            "ready": ready,
+            "models": models,
+            "replicas": [
+                {
+                    "url": r.display_url,
+                    "purpose": r.purpose,
+                    "healthy": r.healthy,
+                    "in_flight": r.in_flight,
+                    "models": sorted(r.model_cards),
+                    "last_error": r.last_error,
+                    "last_check": r.last_check,
+                }
+                for r in self._replicas
+            ],
+        }
+        return ready, details
+
+
+def _parse_model_list(body: bytes) -> dict[str, dict[str, Any]]:
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _ProbeError("GET /v1/models answered invalid JSON") from exc
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        raise _ProbeError("GET /v1/models answered no `data` list")
+    return {card["id"]: card for card in data if isinstance(card, dict) and isinstance(card.get("id"), str)}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _ProbeError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "health check timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    return redact(f"{type(exc).__name__}: {exc}", 300)

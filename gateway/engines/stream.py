@@ -1,0 +1,105 @@
+"""A streaming (200) answer from an engine, handed out chunk by chunk."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import aiohttp
+
+from gateway.engines.errors import EngineBadResponseError, EngineStreamBrokenError, EngineTimeoutError
+from gateway.engines.replica import Replica
+
+__all__ = ["EngineStream"]
+
+
+class EngineStream:
+    """The body of a 200 answer as raw `bytes` chunks, exactly as they arrive.
+
+    Iterate it (`async for chunk in stream`), then `aclose()` it, or use `async with`. Closing a
+    stream that was not read to the end aborts the upstream connection: vLLM sees the disconnect
+    and stops generating, which is how the gateway cancels engine work when its client goes away.
+    A stream read to the end returns its connection to the pool. The replica's `in_flight` count
+    is released exactly once, on whichever path ends the stream.
+
+    Errors while iterating: `EngineTimeoutError` past the total timeout, `EngineStreamBrokenError`
+    when the connection is lost or the body is truncated; the connection is aborted either way.
+    """
+
+    __slots__ = ("_content", "_done", "_released", "_resp", "_total", "replica", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, replica: Replica, total_timeout: float) -> None:
+        self._resp = resp
+        self._content = resp.content
+        self._total = total_timeout
+        self._done = False
+        self._released = False
+        self.replica = replica
+        self.status = resp.status
+
+    @property
+    def content_type(self) -> str:
+        return self._resp.content_type
+
+    @property
+    def finished(self) -> bool:
+        """True once the engine's body was read to its end."""
+        return self._done
+
+    def __aiter__(self) -> EngineStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._released:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._content.readany()
+        except BaseException as exc:
+            self._release(abort=True)
+            mapped = map_body_error(exc, self._total)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        if chunk:
+            return chunk
+        self._done = True
+        self._release(abort=False)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Release the stream: abort upstream unless it was read to the end. Idempotent."""
+        self._release(abort=not self._done)
+
+    def _release(self, *, abort: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.replica.in_flight -= 1
+        if abort:
+            self._resp.close()  # closes the connection: the engine sees its client go away
+        else:
+            self._resp.release()
+
+    async def __aenter__(self) -> EngineStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def map_body_error(exc: BaseException, total_timeout: float) -> BaseException:
+    """The engine error for a failure while reading a response body (never retried).
+
+    Anything else (cancellation, bugs) comes back as it is, for the caller to re-raise.
+    """
+    if isinstance(exc, TimeoutError):
+        return EngineTimeoutError(f"The engine did not finish within {total_timeout:g} s.")
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
+        return EngineStreamBrokenError("The connection to the engine was lost in the middle of its answer.")
+    if isinstance(exc, aiohttp.ClientError):
+        return EngineBadResponseError(f"The engine sent an invalid response body ({type(exc).__name__}).")
+    return exc

@@ -1,0 +1,500 @@
+"""A fake of vLLM's OpenAI-compatible HTTP server, on a real TCP port.
+
+Used by the integration tests and by the benchmarks, so it is quick (no logging, little work per
+request) and deterministic: the answer to a prompt is always the same words.
+
+Shapes follow vLLM 0.32 (`vllm/entrypoints/openai/...`): errors are
+`{"error": {"message", "type": "BadRequestError"|"NotFoundError", "param", "code": <int status>}}`;
+an error after a stream began is sent as one SSE event with that same object, then `data: [DONE]`
+(`OpenAIServing.create_streaming_error_response`); routes the server does not have answer FastAPI's
+`{"detail": "Not Found"}`.
+
+Misbehaviour is set at run time through `fake.faults` (see `Faults`); `down` is `await fake.stop()`,
+and `await fake.start()` comes back on the same port. What the fake received is recorded on it:
+`request_count`, `path_counts`, `last_path`, `last_body`, `last_headers`, `streams_started`,
+`streams_finished`, `cancelled` (and `await fake.wait_cancelled()`), `in_progress`.
+
+As a process, for benchmarks::
+
+    python -m tests.fakes.vllm --port 9001 [--purpose generate|embed] [--model NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import base64
+import contextlib
+import hashlib
+import math
+import signal
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import msgspec
+from aiohttp import web
+from multidict import CIMultiDict
+
+__all__ = ["FakeVLLM", "Faults"]
+
+_WORDS = (
+    "The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "calm",
+    "river", "carries", "small", "boats", "past", "green", "hills", "under", "a", "bright", "sky",
+)  # fmt: skip
+_DEFAULT_MAX_TOKENS = 16
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+_DONE = b"data: [DONE]\n\n"
+_encode = msgspec.json.encode
+
+
+@dataclass
+class Faults:
+    """Misbehaviour of the inference routes (chat, completions, embeddings), changeable at any time.
+
+    Order of effects: `header_delay`, then `drop_requests` / `raw_garbage` / `status` / `garbage`,
+    else a normal answer in which the stream faults apply. Stream events are counted from 0: the
+    chat role event is event 0, each word one more, the usage event (if asked) the last before [DONE].
+    """
+
+    header_delay: float = 0.0  # seconds to wait before sending response headers
+    chunk_delay: float = 0.0  # seconds to wait before each stream event after the first
+    status: int | None = None  # answer this HTTP status with `body` and `content_type` instead
+    body: bytes = b""
+    content_type: str = "application/json"
+    garbage: bool = False  # answer 200 with a body that is not JSON (nor SSE)
+    raw_garbage: bool = False  # answer bytes that are not HTTP at all, then close the connection
+    drop_requests: int = 0  # close the connection of the next N requests before any response byte
+    die_after_chunks: int | None = None  # stream: close the TCP connection after N events, no [DONE]
+    error_after_chunks: int | None = None  # stream: send vLLM's error event after N events, then [DONE]
+    error_message: str = "Internal server error"
+    error_code: int = 500  # the numeric `code` of that in-stream error
+    health_status: int = 200  # status of GET /health
+
+
+class FakeVLLM:
+    """An aiohttp server answering like vLLM's OpenAI-compatible API (see the module docstring)."""
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("fake-chat",),
+        embedding_dim: int = 384,
+        purpose: Literal["generate", "embed"] = "generate",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.embedding_dim = embedding_dim
+        self.purpose = purpose
+        self.faults = Faults()
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self._created = 1_700_000_000
+        self._seq = 0
+        self._vectors: dict[str, list[float]] = {}
+        self._cancel_event = asyncio.Event()
+        self.set_models(models)
+        self.reset()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if not self._port:
+            raise RuntimeError("FakeVLLM was never started")
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def start(self) -> None:
+        """Listen (again): on a random port the first time, on the same port after `stop()`."""
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        if self.purpose == "generate":
+            app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_post("/v1/completions", self._completions)
+        else:
+            app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.01)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop listening and drop every connection, as a crashed engine would."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping = True
+        try:
+            await runner.cleanup()
+        finally:
+            self._stopping = False
+
+    async def __aenter__(self) -> FakeVLLM:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- test helpers ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Clear the faults and everything recorded."""
+        self.faults = Faults()
+        self.request_count = 0  # inference requests (chat, completions, embeddings) received
+        self.path_counts: Counter[str] = Counter()  # every request, by path
+        self.last_path: str | None = None
+        self.last_body: bytes | None = None
+        self.last_headers: CIMultiDict[str] = CIMultiDict()
+        self.in_progress = 0
+        self.streams_started = 0
+        self.streams_finished = 0  # streams that sent [DONE]
+        self.cancelled = 0  # inference requests whose client went away before the answer was complete
+        self._cancel_event.clear()
+
+    async def wait_cancelled(self) -> None:
+        """Wait until some request was cancelled by its client (wrap it in `asyncio.timeout`)."""
+        await self._cancel_event.wait()
+
+    def set_models(self, models: Sequence[str]) -> None:
+        """Change the served model ids (e.g. to mimic a LoRA adapter being loaded)."""
+        self.models = tuple(models)
+        cards = [_model_card(m, self._created) for m in self.models]
+        self._models_body = _encode({"object": "list", "data": cards})
+
+    def embedding(self, text: str) -> list[float]:
+        """The deterministic unit vector the fake answers for `text`."""
+        vec = self._vectors.get(text)
+        if vec is None:
+            raw = array.array("h", hashlib.shake_256(text.encode()).digest(2 * self.embedding_dim))
+            norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+            vec = [x / norm for x in raw]
+            if len(self._vectors) < 10_000:
+                self._vectors[text] = vec
+        return vec
+
+    @staticmethod
+    def answer_words(prompt: str, n: int) -> list[str]:
+        """The `n` words the fake answers to `prompt`."""
+        start = zlib.crc32(prompt.encode())
+        return [_WORDS[(start + i) % len(_WORDS)] for i in range(n)]
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.path_counts[request.path] += 1
+        return web.Response(status=self.faults.health_status)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.path_counts[request.path] += 1
+        return web.Response(body=self._models_body, content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.path_counts[request.path] += 1
+        lines = ["# TYPE vllm:num_requests_running gauge"]
+        lines += [f'vllm:num_requests_running{{model_name="{m}"}} {self.in_progress}' for m in self.models]
+        lines.append("# TYPE vllm:num_requests_waiting gauge")
+        lines += [f'vllm:num_requests_waiting{{model_name="{m}"}} 0' for m in self.models]
+        lines.append("# TYPE vllm:request_success_total counter")
+        lines += [f'vllm:request_success_total{{model_name="{m}"}} {self.request_count}' for m in self.models]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        self.path_counts[request.path] += 1
+        return web.Response(status=404, body=b'{"detail":"Not Found"}', content_type="application/json")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._answer_chat)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._answer_completion)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._answer_embeddings)
+
+    async def _serve(self, request: web.Request, answer: Any) -> web.StreamResponse:
+        """Record, apply the faults, then answer; count a client that went away."""
+        body = await request.read()
+        self.request_count += 1
+        self.path_counts[request.path] += 1
+        self.last_path = request.path
+        self.last_body = body
+        self.last_headers = CIMultiDict(request.headers)
+        self.in_progress += 1
+        try:
+            faults = self.faults
+            if faults.header_delay:
+                await asyncio.sleep(faults.header_delay)
+            if faults.drop_requests > 0 or faults.raw_garbage:
+                assert request.transport is not None
+                if faults.drop_requests > 0:
+                    faults.drop_requests -= 1
+                else:
+                    request.transport.write(b"THIS IS NOT HTTP\r\n\x00\x01garbage\r\n\r\n")
+                request.transport.close()
+                return web.Response()
+            if faults.status is not None:
+                return web.Response(status=faults.status, body=faults.body, content_type=faults.content_type)
+            if faults.garbage:
+                return web.Response(body=b"<html>502 oops, not JSON", content_type="application/json")
+            doc = _decode(body)
+            if isinstance(doc, web.Response):
+                return doc
+            resp: web.StreamResponse = await answer(request, doc)
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            if not self._stopping:
+                self.cancelled += 1
+                self._cancel_event.set()
+            raise
+        finally:
+            self.in_progress -= 1
+
+    def _check_model(self, doc: dict[str, Any]) -> tuple[str, web.Response | None]:
+        model = doc.get("model") or self.models[0]
+        if model not in self.models:
+            msg = f"The model `{model}` does not exist."
+            return model, _error(404, msg, "NotFoundError", "model")
+        return model, None
+
+    def _next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}-{self._seq:032x}"
+
+    async def _answer_chat(self, request: web.Request, doc: dict[str, Any]) -> web.StreamResponse:
+        messages = doc.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "1 validation error: messages: Field required or empty")
+        model, err = self._check_model(doc)
+        if err is not None:
+            return err
+        prompt = " ".join(_message_text(m) for m in messages)
+        return await self._generate(request, doc, model, prompt, chat=True)
+
+    async def _answer_completion(self, request: web.Request, doc: dict[str, Any]) -> web.StreamResponse:
+        prompt = doc.get("prompt")
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            prompt = " ".join(prompt)
+        if not isinstance(prompt, str):
+            return _error(400, "prompt: a string or a list of strings is required", param="prompt")
+        model, err = self._check_model(doc)
+        if err is not None:
+            return err
+        return await self._generate(request, doc, model, prompt, chat=False)
+
+    async def _generate(
+        self, request: web.Request, doc: dict[str, Any], model: str, prompt: str, *, chat: bool
+    ) -> web.StreamResponse:
+        limit = doc.get("max_completion_tokens") or doc.get("max_tokens")
+        n = limit if isinstance(limit, int) and limit > 0 else _DEFAULT_MAX_TOKENS
+        finish = "length" if limit else "stop"
+        words = self.answer_words(prompt, n)
+        usage = {"prompt_tokens": max(1, len(prompt.split())), "total_tokens": 0, "completion_tokens": n}
+        usage["total_tokens"] = usage["prompt_tokens"] + n
+        rid = self._next_id("chatcmpl" if chat else "cmpl")
+        obj = "chat.completion" if chat else "text_completion"
+        head = {"id": rid, "object": obj, "created": self._created, "model": model}
+        if not doc.get("stream"):
+            text = " ".join(words)
+            choice: dict[str, Any] = {"index": 0}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+            else:
+                choice["text"] = text
+            choice.update(logprobs=None, finish_reason=finish, stop_reason=None)
+            return web.Response(
+                body=_encode({**head, "choices": [choice], "usage": usage}), content_type="application/json"
+            )
+        head["object"] = obj + ".chunk" if chat else obj
+        events = [_chunk(head, chat, i, word, finish if i == n - 1 else None) for i, word in enumerate(words)]
+        if chat:
+            events.insert(0, _chunk(head, chat, -1, "", None))
+        options = doc.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            events.append(b"data: " + _encode({**head, "choices": [], "usage": usage}) + b"\n\n")
+        return await self._stream(request, events)
+
+    async def _stream(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+        faults = self.faults
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        await resp.prepare(request)
+        self.streams_started += 1
+        for i, event in enumerate(events):
+            if i == faults.die_after_chunks:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            if i == faults.error_after_chunks:
+                err = {
+                    "message": faults.error_message,
+                    "type": "InternalServerError" if faults.error_code >= 500 else "BadRequestError",
+                    "param": None,
+                    "code": faults.error_code,
+                }
+                await resp.write(b"data: " + _encode({"error": err}) + b"\n\n")
+                break
+            if i and faults.chunk_delay:
+                await asyncio.sleep(faults.chunk_delay)
+            await resp.write(event)
+        await resp.write(_DONE)
+        await resp.write_eof()
+        self.streams_finished += 1
+        return resp
+
+    async def _answer_embeddings(self, request: web.Request, doc: dict[str, Any]) -> web.StreamResponse:
+        raw = doc.get("input")
+        inputs = [raw] if isinstance(raw, str) else raw
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
+            return _error(400, "input: this fake takes a string or a list of strings", param="input")
+        model, err = self._check_model(doc)
+        if err is not None:
+            return err
+        as_base64 = doc.get("encoding_format") == "base64"
+        data = []
+        for i, text in enumerate(inputs):
+            vec: Any = self.embedding(text)
+            if as_base64:
+                packed = array.array("f", vec)
+                if sys.byteorder != "little":
+                    packed.byteswap()
+                vec = base64.b64encode(packed.tobytes()).decode()
+            data.append({"index": i, "object": "embedding", "embedding": vec})
+        tokens = sum(max(1, len(t.split())) for t in inputs)
+        out = {
+            "id": self._next_id("embd"),
+            "object": "list",
+            "created": self._created,
+            "model": model,
+            "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        }
+        return web.Response(body=_encode(out), content_type="application/json")
+
+
+def _error(status: int, message: str, err_type: str = "BadRequestError", param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+    return web.Response(status=status, body=_encode(body), content_type="application/json")
+
+
+def _decode(body: bytes) -> dict[str, Any] | web.Response:
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        return _error(400, f"JSON decode error: {exc}")
+    if not isinstance(doc, dict):
+        return _error(400, "Input should be a valid dictionary or object to extract fields from")
+    return doc
+
+
+def _message_text(message: Any) -> str:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _chunk(head: dict[str, Any], chat: bool, i: int, word: str, finish: str | None) -> bytes:
+    """One SSE event; `i == -1` is the chat stream's first event (the role)."""
+    text = word if i <= 0 else " " + word
+    choice: dict[str, Any] = {"index": 0}
+    if chat:
+        choice["delta"] = {"role": "assistant", "content": ""} if i < 0 else {"content": text}
+    else:
+        choice["text"] = text
+    choice.update(logprobs=None, finish_reason=finish)
+    if finish is not None:
+        choice["stop_reason"] = None
+    return b"data: " + _encode({**head, "choices": [choice]}) + b"\n\n"
+
+
+def _model_card(model: str, created: int) -> dict[str, Any]:
+    permission = {
+        "id": f"modelperm-{zlib.crc32(model.encode()):08x}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    return {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": f"/models/{model}",
+        "parent": None,
+        "max_model_len": 2048,
+        "permission": [permission],
+    }
+
+
+async def _serve_forever(fake: FakeVLLM) -> None:
+    await fake.start()
+    print(f"READY {fake.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await fake.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a fake vLLM OpenAI-compatible API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--purpose", choices=("generate", "embed"), default="generate")
+    parser.add_argument("--model", action="append", help="a served model id (repeatable)")
+    parser.add_argument("--embedding-dim", type=int, default=384)
+    args = parser.parse_args(argv)
+    models = args.model or (["fake-chat"] if args.purpose == "generate" else ["fake-embed"])
+    fake = FakeVLLM(models, args.embedding_dim, args.purpose, host=args.host, port=args.port)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve_forever(fake))
+    else:
+        uvloop.run(_serve_forever(fake))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,320 @@
+"""EngineClient over real HTTP against fake vLLM servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+import pytest
+
+from gateway.engines import (
+    EngineBadResponseError,
+    EngineClient,
+    EnginePool,
+    EngineReply,
+    EngineStream,
+    EngineStreamBrokenError,
+    EngineTimeoutError,
+    EngineTimeouts,
+    EngineUnavailableError,
+    ModelNotServedError,
+)
+from tests.fakes.vllm import FakeVLLM
+
+TIMEOUTS = EngineTimeouts(connect=1.0, first_byte=5.0, total=10.0)
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(max_tokens: int = 4, *, stream: bool = False, model: str = "fake-chat") -> bytes:
+    doc = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    if stream:
+        doc["stream"] = True
+    return msgspec.json.encode(doc)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FakeVLLM]]:
+    """Two chat replicas serving the same model, and one embedding replica."""
+    servers = [FakeVLLM(), FakeVLLM(), FakeVLLM(models=("fake-embed",), purpose="embed")]
+    for server in servers:
+        await server.start()
+    yield servers
+    for server in servers:
+        await server.stop()
+
+
+async def make_client(
+    http: aiohttp.ClientSession, servers: list[FakeVLLM], timeouts: EngineTimeouts = TIMEOUTS
+) -> tuple[EngineClient, EnginePool]:
+    pool = EnginePool(http, [servers[0].url, servers[1].url], [servers[2].url], timeouts=timeouts)
+    await pool.refresh()
+    return EngineClient(pool, http, timeouts), pool
+
+
+def in_flight(pool: EnginePool) -> list[int]:
+    return [r.in_flight for r in pool.replicas]
+
+
+def health(pool: EnginePool) -> list[bool]:
+    return [r.healthy for r in pool.replicas]
+
+
+async def drain(stream: EngineStream, into: list[bytes], *, close: bool = True) -> None:
+    """Read `stream` to its end (or its error) into `into`; `close`: within `async with`."""
+    if close:
+        async with stream:
+            async for chunk in stream:
+                into.append(chunk)
+    else:
+        async for chunk in stream:
+            into.append(chunk)
+
+
+async def open_ok_stream(client: EngineClient, body: bytes) -> EngineStream:
+    stream = await client.open_stream("fake-chat", "generate", CHAT, body)
+    assert isinstance(stream, EngineStream)
+    return stream
+
+
+async def test_post_forwards_body_and_headers(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    body = chat_body()
+    reply = await client.post("fake-chat", "generate", CHAT, body, {"traceparent": "00-1-2-01", "x-request-id": "r1"})
+    assert reply.status == 200
+    assert reply.json()["choices"][0]["message"]["content"] == " ".join(FakeVLLM.answer_words("hi", 4))
+    target = servers[0] if reply.replica is pool.replicas[0] else servers[1]
+    assert target.last_body == body
+    assert target.last_headers["Content-Type"] == "application/json"
+    assert target.last_headers["traceparent"] == "00-1-2-01"
+    assert target.last_headers["X-Request-Id"] == "r1"
+    embed = await client.post("fake-embed", "embed", "/v1/embeddings", b'{"model": "fake-embed", "input": "x"}')
+    assert embed.replica is pool.replicas[2]
+    assert len(embed.json()["data"][0]["embedding"]) == 384
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_non_200_is_a_reply(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers[:2]:
+        fake.set_models(("other",))  # the pool still believes they serve fake-chat
+    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert reply.status == 404
+    assert reply.json()["error"]["type"] == "NotFoundError"
+    streamed = await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+    assert isinstance(streamed, EngineReply)
+    assert streamed.status == 404
+    assert in_flight(pool) == [0, 0, 0]
+    assert all(r.healthy for r in pool.replicas)
+
+
+async def test_stream_arrives_incrementally(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.chunk_delay = 0.1
+    stream = await open_ok_stream(client, chat_body(5, stream=True))
+    async with stream:
+        assert stream.content_type == "text/event-stream"
+        chunks: list[bytes] = []
+        async for chunk in stream:
+            if not chunks:
+                assert servers[0].streams_finished + servers[1].streams_finished == 0
+                assert stream.replica.in_flight == 1
+            chunks.append(chunk)
+        assert stream.finished
+    data = b"".join(chunks)
+    assert len(chunks) > 3
+    assert data.endswith(b"data: [DONE]\n\n")
+    assert data.count(b"data: ") == 7  # role, 5 words, [DONE]
+    assert in_flight(pool) == [0, 0, 0]
+    await stream.aclose()  # idempotent
+    assert in_flight(pool) == [0, 0, 0]
+    assert servers[0].cancelled + servers[1].cancelled == 0
+
+
+async def test_concurrent_requests_spread_by_load(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.header_delay = 0.2
+    replies = await asyncio.gather(*(client.post("fake-chat", "generate", CHAT, chat_body()) for _ in range(6)))
+    assert all(r.status == 200 for r in replies)
+    assert (servers[0].request_count, servers[1].request_count) == (3, 3)
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_retry_lands_on_the_live_replica(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    down, live = pool.replicas[0], pool.replicas[1]
+    await servers[0].stop()
+    live.in_flight = 1  # so the pool tries the dead (idle-looking) replica first
+    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    live.in_flight = 0
+    assert reply.status == 200
+    assert reply.replica is live
+    assert not down.healthy
+    assert down.last_error is not None
+    assert down.last_error.startswith("cannot connect")
+    assert servers[1].request_count == 1
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_all_down_is_unavailable(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    await servers[0].stop()
+    await servers[1].stop()
+    with pytest.raises(EngineUnavailableError) as exc_info:
+        await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+    assert "could be reached" in exc_info.value.message
+    assert not pool.replicas[0].healthy
+    assert not pool.replicas[1].healthy
+    with pytest.raises(EngineUnavailableError):  # known model, nothing healthy: no attempt at all
+        await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_unknown_model(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, _ = await make_client(http, servers)
+    with pytest.raises(ModelNotServedError):
+        await client.post("nope", "generate", CHAT, chat_body(model="nope"))
+    assert servers[0].request_count + servers[1].request_count == 0
+
+
+async def test_dead_keepalive_connection_is_retried(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    await servers[1].stop()
+    await pool.refresh()
+    servers[0].faults.drop_requests = 1  # closed before any response byte, once
+    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert reply.status == 200
+    assert health(pool) == [True, False, True]
+    assert servers[0].request_count == 2
+    servers[0].faults.drop_requests = 2  # twice in a row: that replica is given up
+    with pytest.raises(EngineUnavailableError):
+        await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert health(pool) == [False, False, True]
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_first_byte_timeout(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    timeouts = EngineTimeouts(connect=1.0, first_byte=0.2, total=5.0)
+    client, pool = await make_client(http, servers, timeouts)
+    for fake in servers:
+        fake.faults.header_delay = 2.0
+    started = time.perf_counter()
+    with pytest.raises(EngineTimeoutError) as exc_info:
+        await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert time.perf_counter() - started < 1.0
+    assert exc_info.value.code == "engine_timeout"
+    assert servers[0].request_count + servers[1].request_count == 1  # never retried
+    target = servers[0] if servers[0].request_count else servers[1]
+    async with asyncio.timeout(2):
+        await target.wait_cancelled()  # the engine saw the request abandoned
+    assert in_flight(pool) == [0, 0, 0]
+    assert all(r.healthy for r in pool.replicas)
+
+
+async def test_total_timeout_mid_stream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    timeouts = EngineTimeouts(connect=1.0, first_byte=1.0, total=0.4)
+    client, pool = await make_client(http, servers, timeouts)
+    for fake in servers:
+        fake.faults.chunk_delay = 0.1
+    stream = await open_ok_stream(client, chat_body(20, stream=True))
+    received: list[bytes] = []
+    with pytest.raises(EngineTimeoutError):
+        await drain(stream, received)
+    assert received
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_death_mid_stream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.die_after_chunks = 3
+    stream = await open_ok_stream(client, chat_body(10, stream=True))
+    received: list[bytes] = []
+    with pytest.raises(EngineStreamBrokenError) as exc_info:
+        await drain(stream, received, close=False)
+    assert b"".join(received).count(b"data: ") == 3
+    assert exc_info.value.code == "engine_disconnected"
+    assert isinstance(exc_info.value, EngineBadResponseError)
+    assert in_flight(pool) == [0, 0, 0]  # released by the error, before any aclose
+    await stream.aclose()
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_garbage(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.garbage = True
+    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert reply.status == 200
+    with pytest.raises(EngineBadResponseError):
+        reply.json()
+    for fake in servers:
+        fake.faults.raw_garbage = True
+    with pytest.raises(EngineBadResponseError) as exc_info:
+        await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert exc_info.value.code == "engine_bad_response"
+    assert servers[0].request_count + servers[1].request_count == 2  # the bad answer was not retried
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_aclose_half_read_aborts_upstream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.chunk_delay = 0.05
+    stream = await open_ok_stream(client, chat_body(50, stream=True))
+    async with stream:
+        first = await anext(stream)
+        assert first.startswith(b"data: ")
+    assert in_flight(pool) == [0, 0, 0]
+    target = servers[0] if stream.replica is pool.replicas[0] else servers[1]
+    async with asyncio.timeout(2):
+        await target.wait_cancelled()
+    assert target.streams_finished == 0
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+async def test_cancelled_caller_aborts_upstream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.header_delay = 5.0
+    task = asyncio.create_task(client.post("fake-chat", "generate", CHAT, chat_body()))
+    await asyncio.sleep(0.1)
+    assert sorted(in_flight(pool)) == [0, 0, 1]
+    target = servers[in_flight(pool).index(1)]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert in_flight(pool) == [0, 0, 0]
+    async with asyncio.timeout(2):
+        await target.wait_cancelled()
+
+
+async def test_cancelled_while_iterating(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers:
+        fake.faults.chunk_delay = 0.5
+
+    async def consume() -> None:
+        stream = await open_ok_stream(client, chat_body(10, stream=True))
+        await drain(stream, [], close=False)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    target = servers[in_flight(pool).index(1)]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert in_flight(pool) == [0, 0, 0]  # released even though nobody called aclose
+    async with asyncio.timeout(2):
+        await target.wait_cancelled()

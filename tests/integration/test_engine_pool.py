@@ -1,0 +1,175 @@
+"""EnginePool against fake vLLM servers: discovery, health, choice, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+
+from gateway.engines import (
+    EnginePool,
+    EngineTimeouts,
+    EngineUnavailableError,
+    ModelNotServedError,
+    Replica,
+)
+from tests.fakes.vllm import FakeVLLM
+
+TIMEOUTS = EngineTimeouts(connect=1.0, first_byte=5.0, total=10.0)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FakeVLLM]]:
+    """Two chat replicas and one embedding replica."""
+    servers = [
+        FakeVLLM(models=("chat-a", "chat-b")),
+        FakeVLLM(models=("chat-a",)),
+        FakeVLLM(models=("embed-a",), purpose="embed"),
+    ]
+    for server in servers:
+        await server.start()
+    yield servers
+    for server in servers:
+        await server.stop()
+
+
+def make_pool(http: aiohttp.ClientSession, servers: list[FakeVLLM], interval: float = 5.0) -> EnginePool:
+    return EnginePool(
+        http, [servers[0].url, servers[1].url], [servers[2].url], timeouts=TIMEOUTS, health_interval=interval
+    )
+
+
+def health(pool: EnginePool) -> list[bool]:
+    return [r.healthy for r in pool.replicas]
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    for _ in range(150):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached within 3 s")
+
+
+async def test_refresh_discovers_models(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    pool = make_pool(http, servers)
+    assert not any(r.healthy for r in pool.replicas)
+    assert pool.readiness()[0] is False
+    await pool.refresh()
+    assert all(r.healthy and r.last_check is not None for r in pool.replicas)
+    assert pool.replicas[0].models == {"chat-a", "chat-b"}
+    assert pool.replicas[0].model_cards["chat-a"]["owned_by"] == "vllm"
+    ids = [(m["id"], m["purpose"]) for m in pool.models()]
+    assert ids == [("chat-a", "generate"), ("chat-b", "generate"), ("embed-a", "embed")]
+    assert [m["id"] for m in pool.models("embed")] == ["embed-a"]
+    ready, details = pool.readiness()
+    assert ready
+    assert details["models"]["chat-a"] == {"purpose": "generate", "replicas": 2, "healthy_replicas": 2}
+    assert details["replicas"][2]["url"] == servers[2].url
+
+
+async def test_choose_least_loaded_with_rotation(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    pool = make_pool(http, servers)
+    await pool.refresh()
+    first, second, embed = pool.replicas
+    assert pool.choose("chat-b", "generate") is first
+    assert pool.choose("embed-a", "embed") is embed
+    first.in_flight = 3
+    second.in_flight = 1
+    assert pool.choose("chat-a", "generate") is second
+    second.in_flight = 5
+    assert pool.choose("chat-a", "generate") is first
+    first.in_flight = second.in_flight = 2
+    picks = Counter(pool.choose("chat-a", "generate") for _ in range(10))
+    assert picks == {first: 5, second: 5}
+    assert pool.choose("chat-a", "generate", exclude=[first]) is second
+    with pytest.raises(EngineUnavailableError):
+        pool.choose("chat-a", "generate", exclude={first, second})
+
+
+async def test_unknown_vs_unavailable_model(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    pool = make_pool(http, servers)
+    await pool.refresh()
+    with pytest.raises(ModelNotServedError) as not_served:
+        pool.choose("missing", "generate")
+    assert not_served.value.code == "model_not_found"
+    assert not_served.value.model == "missing"
+    with pytest.raises(ModelNotServedError):
+        pool.choose("embed-a", "generate")  # known, but for another purpose
+    await servers[0].stop()
+    await pool.refresh()
+    first = pool.replicas[0]
+    assert not first.healthy
+    assert first.last_error is not None
+    assert first.last_error.startswith("cannot connect")
+    assert first.models == {"chat-a", "chat-b"}  # kept while down
+    with pytest.raises(EngineUnavailableError) as unavailable:
+        pool.choose("chat-b", "generate")
+    assert unavailable.value.code == "engine_unavailable"
+    assert pool.choose("chat-a", "generate") is pool.replicas[1]
+    assert [m["id"] for m in pool.models("generate")] == ["chat-a", "chat-b"]
+    ready, details = pool.readiness()
+    assert not ready
+    assert details["models"]["chat-b"]["healthy_replicas"] == 0
+
+
+async def test_failing_health_and_bad_model_list(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    pool = make_pool(http, servers)
+    servers[1].faults.health_status = 503
+    await pool.refresh()
+    assert health(pool) == [True, False, True]
+    assert pool.replicas[1].last_error == "GET /health answered HTTP 503"
+    servers[1].faults.health_status = 200
+    servers[1].set_models(("chat-a", "adapter-x"))
+    await pool.refresh()
+    assert health(pool) == [True, True, True]
+    assert pool.choose("adapter-x", "generate") is pool.replicas[1]
+
+
+async def test_mark_unhealthy_and_health_loop_revives(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    pool = make_pool(http, servers, interval=0.05)
+    await pool.start()
+    try:
+        first = pool.replicas[0]
+        pool.mark_unhealthy(first, "test says so")
+        assert (first.healthy, first.last_error) == (False, "test says so")
+        await wait_until(lambda: first.healthy)  # the engine is fine: the next check revives it
+        await servers[0].stop()
+        await wait_until(lambda: not first.healthy)
+        await servers[0].start()
+        await wait_until(lambda: first.healthy)
+        assert first.last_error is None
+    finally:
+        await pool.stop()
+    assert pool.readiness()[0]
+
+
+async def test_readiness_without_replicas_or_purpose(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+    empty = EnginePool(http, [], [], timeouts=TIMEOUTS)
+    await empty.refresh()
+    assert empty.readiness() == (False, {"ready": False, "models": {}, "replicas": []})
+    pool = make_pool(http, servers)
+    await servers[2].stop()
+    await pool.refresh()
+    assert pool.readiness()[0] is False  # embeddings configured, none reachable, no model known
+
+
+def test_replica_urls() -> None:
+    replica = Replica("http://user:secret@engine:8000/", "generate")
+    assert replica.url == "http://user:secret@engine:8000"
+    assert replica.display_url == "http://engine:8000"
+    assert str(replica.endpoint("/v1/models")) == "http://user:secret@engine:8000/v1/models"
+    assert replica.endpoint("/v1/models") is replica.endpoint("/v1/models")
+    with pytest.raises(ValueError, match="absolute"):
+        Replica("engine:8000", "generate")
+    with pytest.raises(ValueError, match="positive"):
+        EngineTimeouts(connect=0)
