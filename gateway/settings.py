@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
     workers: int = 1
-    server: Literal["granian", "uvicorn"] = "granian"
+    server: Literal["granian", "uvicorn"] = "uvicorn"
 
     max_body_bytes: int = 8 * 1024 * 1024
     body_read_timeout: float = 30.0
@@ -60,6 +60,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     db_pool_min: int = 1
     db_pool_max: int = 10
+
+    # `tenantgate up`: the local vLLM engines it starts when no engine URLs are given.
+    local_chat_port: int = 8100
+    local_embedding_port: int = 8101
+    local_chat_memory: float = 0.4  # vLLM's --gpu-memory-utilization; on the CPU a share of NUMA node 0
+    local_embedding_memory: float = 0.2
+    local_engine_start_timeout: float = 900.0
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -172,6 +179,12 @@ def _validate(settings: Settings) -> None:
     if not 0 < settings.port < 65536:
         raise SettingsError(f"{_env_name('port')}: {settings.port} is not a TCP port (1-65535)")
     _check_positive(settings)
+    for field in ("local_chat_memory", "local_embedding_memory"):
+        if not 0 < getattr(settings, field) < 1:
+            raise SettingsError(f"{_env_name(field)}: a fraction between 0 and 1 (e.g. 0.4)")
+    for field in ("local_chat_port", "local_embedding_port"):
+        if not 0 < getattr(settings, field) < 65536:
+            raise SettingsError(f"{_env_name(field)}: not a TCP port (1-65535)")
     if settings.db_pool_min > settings.db_pool_max:
         raise SettingsError(f"{_env_name('db_pool_min')}: larger than {_env_name('db_pool_max')}")
 
@@ -180,7 +193,7 @@ def _check_positive(settings: Settings) -> None:
     positive = (
         "workers", "max_body_bytes", "body_read_timeout", "shutdown_timeout", "engine_connect_timeout",
         "engine_first_byte_timeout", "engine_total_timeout", "engine_health_interval", "auth_cache_size",
-        "usage_flush_interval", "usage_batch_size", "usage_queue_max", "db_pool_max",
+        "usage_flush_interval", "usage_batch_size", "usage_queue_max", "db_pool_max", "local_engine_start_timeout",
     )
     for field in positive:
         if getattr(settings, field) <= 0:

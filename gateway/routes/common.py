@@ -25,10 +25,6 @@ def services_of(request: AnyRequest) -> Services:
     return services
 
 
-async def provide_services(request: AnyRequest) -> Services:
-    return services_of(request)
-
-
 async def provide_principal(request: AnyRequest) -> Principal:
     """Any valid tenant key (role user or admin)."""
     return await services_of(request).auth.tenant(request.headers.get("authorization"))

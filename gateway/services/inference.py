@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
@@ -179,8 +179,4 @@ class InferenceService:
 
 def _error_event(message: str, type_: str, code: str | None) -> bytes:
     return b"data: " + encode_error(message, type_, None, code) + b"\n\ndata: [DONE]\n\n"
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 

@@ -12,7 +12,7 @@ def test_defaults_and_env_parsing() -> None:
                        "TENANTGATE_ENGINE_TOTAL_TIMEOUT": "1.5"})
     assert s.engine_urls == ("http://a:1", "http://b:2/")
     assert s.port == 9000 and s.engine_total_timeout == 1.5
-    assert s.database_url is None and s.server == "granian" and s.workers == 1
+    assert s.database_url is None and s.server == "uvicorn" and s.workers == 1
 
 
 def test_toml_file_overlaid_by_environment(tmp_path: Path) -> None:
