@@ -27,7 +27,7 @@ from gateway.services.inference import CallContext, Endpoint, JsonReply, StreamR
 _DEPENDENCIES = {"principal": Provide(provide_principal)}
 
 
-def _context(request: AnyRequest, principal: NamedDependency[Principal], endpoint: Endpoint, model: str) -> CallContext:
+def _context(request: AnyRequest, principal: Principal, endpoint: Endpoint, model: str) -> CallContext:
     started, arrived_at = started_of(request)
     request_id = request_id_of(request)
     headers = {"x-request-id": request_id}
@@ -38,7 +38,7 @@ def _context(request: AnyRequest, principal: NamedDependency[Principal], endpoin
 
 
 async def _generate(
-    request: AnyRequest, principal: NamedDependency[Principal], endpoint: Endpoint,
+    request: AnyRequest, principal: Principal, endpoint: Endpoint,
     req: ChatCompletionRequest | CompletionRequest, body: bytes,
 ) -> Response[Any]:
     ctx = _context(request, principal, endpoint, req.model)
