@@ -15,6 +15,9 @@ FACTORY = "gateway.asgi:create"
 def serve(settings: Settings, database_url: str) -> None:
     """Serve until stopped. Workers read their settings from the environment, so pass the URL there."""
     os.environ["TENANTGATE_DATABASE_URL"] = database_url
+    # `tenantgate up` and `--engine-url` decide the engines in this process: the workers must see them too.
+    os.environ["TENANTGATE_ENGINE_URLS"] = ",".join(settings.engine_urls)
+    os.environ["TENANTGATE_EMBEDDING_URLS"] = ",".join(settings.embedding_urls)
     if settings.server == "uvicorn":
         _serve_uvicorn(settings)
     else:

@@ -84,6 +84,6 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def to_response(reply: JsonReply | StreamReply) -> Response[Any]:
     if isinstance(reply, StreamReply):
-        return Stream(reply.chunks, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return Stream(reply.chunks, status_code=200, media_type="text/event-stream", headers=_SSE_HEADERS)
     headers = {"retry-after": "1"} if reply.status == 503 else None
     return Response(content=reply.body, status_code=reply.status, media_type=MediaType.JSON, headers=headers)

@@ -141,7 +141,9 @@ class InferenceService:
             status, error_code = body.status, body.code
             yield _error_event(body.message, body.type, body.code)
         except (asyncio.CancelledError, GeneratorExit):
-            status, error_code = 499, "client_disconnected"
+            # A client may hang up right after [DONE] (the OpenAI SDK does): that answer was complete.
+            if not relay.saw_done:
+                status, error_code = 499, "client_disconnected"
             raise
         finally:
             await stream.aclose()

@@ -76,10 +76,13 @@ async def test_streaming_chat_without_usage_request_still_meters_and_hides_usage
 
 async def test_streaming_chat_with_include_usage_gets_usage_chunk(gateway: Gateway, tenant: TenantKeys) -> None:
     client = gateway.openai(tenant.user_key)
-    stream = await client.chat.completions.create(
+    raw = await client.chat.completions.with_raw_response.create(
         model=CHAT_MODEL, messages=[{"role": "user", "content": "count"}], max_tokens=3, stream=True,
         stream_options={"include_usage": True},
     )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    stream = raw.parse()
     chunks = [chunk async for chunk in stream]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 3

@@ -60,9 +60,14 @@ async def tenant_key(http: httpx.AsyncClient, name: str) -> tuple[str, str]:
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM first: a SIGKILLed Granian main process would leave its worker processes behind."""
     if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 @pytest.mark.parametrize("server", ["granian", "uvicorn"])
