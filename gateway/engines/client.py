@@ -56,10 +56,16 @@ class EngineReply:
 
 @dataclass(frozen=True, slots=True)
 class _Retry:
-    """This attempt failed before the engine saw the request: try again (`exclude`: elsewhere)."""
+    """This attempt failed before the engine saw the request: try again (`exclude`: elsewhere).
+
+    `mark_down`: also take the replica out of rotation until a health check brings it back. A refused
+    connection does; a connect *timeout* does not, since an overloaded but live engine (or gateway host)
+    times out too, and marking the only replica down would turn one slow moment into seconds of 503s.
+    """
 
     reason: str
     exclude: bool
+    mark_down: bool = True
 
 
 class EngineClient:
@@ -107,6 +113,7 @@ class EngineClient:
             send_headers = merged
         excluded: list[Replica] = []
         suspect: list[Replica] = []
+        last_reason = ""
         while True:
             try:
                 replica = self._pool.choose(model, purpose, excluded)
@@ -114,7 +121,7 @@ class EngineClient:
                 if not excluded:
                     raise
                 raise EngineUnavailableError(
-                    f"No engine serving the model `{model}` could be reached (last: {excluded[-1].last_error}).",
+                    f"No engine serving the model `{model}` could be reached (last: {last_reason}).",
                     model,
                 ) from exc
             replica.in_flight += 1
@@ -130,8 +137,10 @@ class EngineClient:
                     raise
                 if not isinstance(mapped, _Retry):
                     raise mapped from exc
+                last_reason = mapped.reason
                 if mapped.exclude or replica in suspect:
-                    self._pool.mark_unhealthy(replica, mapped.reason)
+                    if mapped.mark_down:
+                        self._pool.mark_unhealthy(replica, mapped.reason)
                     excluded.append(replica)
                 else:
                     suspect.append(replica)
@@ -144,7 +153,7 @@ def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseExcepti
     if isinstance(exc, aiohttp.ClientConnectorError):
         return _Retry(f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}", exclude=True)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return _Retry(f"connect timed out after {timeouts.connect:g} s", exclude=True)
+        return _Retry(f"connect timed out after {timeouts.connect:g} s", exclude=True, mark_down=False)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
         return _Retry("connection closed before the response", exclude=False)
     if isinstance(exc, TimeoutError):

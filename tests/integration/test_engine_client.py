@@ -318,3 +318,31 @@ async def test_cancelled_while_iterating(http: aiohttp.ClientSession, servers: l
     assert in_flight(pool) == [0, 0, 0]  # released even though nobody called aclose
     async with asyncio.timeout(2):
         await target.wait_cancelled()
+
+
+async def test_connect_timeout_moves_on_without_marking_the_replica_down(
+    http: aiohttp.ClientSession, servers: list[FakeVLLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overloaded replica that is slow to accept is skipped for this request, not for everyone."""
+    client, pool = await make_client(http, servers)
+    slow, live = pool.replicas[0], pool.replicas[1]
+    live.in_flight = 1  # so the pool tries the slow replica first
+    real_post = http.post
+
+    def post(url: object, **kwargs: object) -> object:
+        if str(url).startswith(slow.url):
+            raise aiohttp.ConnectionTimeoutError("connect timed out")
+        return real_post(url, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http, "post", post)
+    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    live.in_flight = 0
+    assert reply.status == 200
+    assert reply.replica is live
+    assert slow.healthy, "a connect timeout alone must not take the replica out of rotation"
+    monkeypatch.setattr(live, "healthy", False)
+    with pytest.raises(EngineUnavailableError) as exc_info:  # the only one left times out: 503, still healthy
+        await client.post("fake-chat", "generate", CHAT, chat_body())
+    assert "connect timed out" in exc_info.value.message
+    assert slow.healthy
+    assert in_flight(pool) == [0, 0, 0]

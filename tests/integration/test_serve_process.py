@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
@@ -70,13 +72,24 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-@pytest.mark.parametrize("server", ["granian", "uvicorn"])
-async def test_sigterm_drains_in_flight_request_and_flushes_usage(clean_database_url: str, server: str) -> None:
+@contextlib.asynccontextmanager
+async def served(database_url: str, server: str) -> AsyncIterator[tuple[FakeVLLM, str, asyncio.subprocess.Process]]:
+    """A fake engine and a ``tenantgate serve`` process in front of it, both stopped afterwards."""
     fake = FakeVLLM(models=("fake-chat",))
     await fake.start()
     proc = None
     try:
-        url, proc = await start_serve(clean_database_url, fake.url, server)
+        url, proc = await start_serve(database_url, fake.url, server)
+        yield fake, url, proc
+    finally:
+        if proc is not None:
+            await stop(proc)
+        await fake.stop()
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+async def test_sigterm_drains_in_flight_request_and_flushes_usage(clean_database_url: str, server: str) -> None:
+    async with served(clean_database_url, server) as (fake, url, proc):
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:
             tenant_id, key = await tenant_key(http, f"drain-{server}")
             fake.faults.header_delay = 1.5
@@ -89,10 +102,6 @@ async def test_sigterm_drains_in_flight_request_and_flushes_usage(clean_database
             resp = await in_flight
         assert resp.status_code == 200, resp.text
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc is not None:
-            await stop(proc)
-        await fake.stop()
     async with await psycopg.AsyncConnection.connect(clean_database_url) as conn:
         cur = await conn.execute("SELECT status_code FROM usage_events WHERE tenant_id = %s", (tenant_id,))
         assert await cur.fetchall() == [(200,)]
@@ -100,28 +109,22 @@ async def test_sigterm_drains_in_flight_request_and_flushes_usage(clean_database
 
 @pytest.mark.parametrize("server", ["granian", "uvicorn"])
 async def test_client_disconnect_cancels_upstream_under_each_server(clean_database_url: str, server: str) -> None:
-    fake = FakeVLLM(models=("fake-chat",))
-    await fake.start()
-    proc = None
-    try:
-        url, proc = await start_serve(clean_database_url, fake.url, server)
-        async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-            _, key = await tenant_key(http, f"gone-{server}")
-            fake.faults.chunk_delay = 0.2
-            body = {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "stream": True,
-                    "max_tokens": 50}
-            async with http.stream("POST", "/v1/chat/completions", json=body,
-                                   headers={"authorization": f"Bearer {key}"}) as resp:
-                async for _line in resp.aiter_lines():
-                    break
-            await asyncio.wait_for(fake.wait_cancelled(), 5)
-            fake.reset()
-            fake.faults.header_delay = 1.0
-            with pytest.raises(httpx.ReadTimeout):
-                await http.post("/v1/chat/completions", json={**body, "stream": False}, timeout=0.3,
-                                headers={"authorization": f"Bearer {key}"})
-            await asyncio.wait_for(fake.wait_cancelled(), 5)
-    finally:
-        if proc is not None:
-            await stop(proc)
-        await fake.stop()
+    async with (
+        served(clean_database_url, server) as (fake, url, _proc),
+        httpx.AsyncClient(base_url=url, timeout=20) as http,
+    ):
+        _, key = await tenant_key(http, f"gone-{server}")
+        fake.faults.chunk_delay = 0.2
+        body = {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "stream": True,
+                "max_tokens": 50}
+        async with http.stream("POST", "/v1/chat/completions", json=body,
+                               headers={"authorization": f"Bearer {key}"}) as resp:
+            async for _line in resp.aiter_lines():
+                break
+        await asyncio.wait_for(fake.wait_cancelled(), 5)
+        fake.reset()
+        fake.faults.header_delay = 1.0
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/chat/completions", json={**body, "stream": False}, timeout=0.3,
+                            headers={"authorization": f"Bearer {key}"})
+        await asyncio.wait_for(fake.wait_cancelled(), 5)
