@@ -33,8 +33,10 @@ def check_tenant_name(name: str) -> str:
 
 
 def check_key_request(req: CreateKeyRequest) -> datetime | None:
-    if req.name is not None and not 1 <= len(req.name) <= 100:
-        raise InvalidRequestError("'name' must be 1-100 characters.", param="name", code="invalid_value")
+    if req.name is not None and (not 1 <= len(req.name) <= 100 or not req.name.isprintable()):
+        raise InvalidRequestError(
+            "'name' must be 1-100 printable characters.", param="name", code="invalid_value"
+        )
     if req.expires_at is None:
         return None
     if isinstance(req.expires_at, int):

@@ -172,11 +172,20 @@ class InferenceService:
         self._meter.record(
             UsageEvent(
                 created_at=ctx.arrived_at, request_id=ctx.request_id, tenant_id=p.tenant_id, key_id=p.key_id,
-                endpoint=ctx.endpoint, model=ctx.model, stream=ctx.stream, status_code=status,
+                endpoint=ctx.endpoint, model=storable_model_name(ctx.model), stream=ctx.stream, status_code=status,
                 error_code=error_code, prompt_tokens=prompt, completion_tokens=completion,
                 latency_ms=(time.perf_counter() - ctx.started) * 1000.0, ttft_ms=ttft_ms,
             )
         )
+
+
+MAX_STORED_MODEL_NAME = 256
+
+
+def storable_model_name(model: str) -> str:
+    """The model name as a usage row can hold it: a client's name may be anything, and Postgres text
+    cannot hold NUL, which would fail the whole batch it is written in."""
+    return model.replace("\x00", "\ufffd")[:MAX_STORED_MODEL_NAME]
 
 
 def _error_event(message: str, type_: str, code: str | None) -> bytes:

@@ -141,6 +141,10 @@ async def test_expired_key_and_bad_expiry(gateway: Gateway, tenant: TenantKeys) 
         assert bad_role.status_code == 400 and bad_role.json()["error"]["param"] == "role"
         extra = await tadmin.post("/v1/keys", json={"role": "user", "scopes": ["*"]})
         assert extra.status_code == 400
+        for name in ("nul\x00byte", "new\nline", "", "n" * 101):
+            bad_name = await tadmin.post("/v1/keys", json={"role": "user", "name": name})
+            assert bad_name.status_code == 400
+            assert bad_name.json()["error"]["param"] == "name"
     client = gateway.openai(key)
     assert (await client.models.list()).data
     await asyncio.sleep(2.2)

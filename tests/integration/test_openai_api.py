@@ -156,3 +156,16 @@ async def test_engine_error_body_is_normalized_to_openai_shape(gateway: Gateway,
     assert resp.status_code == 400
     assert resp.json() == {"error": {"message": "max_tokens is too large", "type": "invalid_request_error",
                                      "param": "max_tokens", "code": None}}
+
+
+async def test_hostile_model_names_are_metered_without_poisoning_the_batch(
+    gateway: Gateway, tenant: TenantKeys
+) -> None:
+    async with gateway.http(tenant.user_key) as http:
+        for model in ("bad\x00model", "x" * 5000, "'; DROP TABLE usage_events; --"):
+            resp = await http.post("/v1/chat/completions", json={"model": model, "messages": [
+                {"role": "user", "content": "x"}]})
+            assert resp.status_code == 404
+    rows = await usage_rows(gateway, tenant.tenant_id)  # flushes: must not raise
+    assert [r[1] for r in rows] == ["bad\ufffdmodel", "x" * 256, "'; DROP TABLE usage_events; --"]
+    assert all(r[3] == 404 for r in rows)
