@@ -49,15 +49,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(coro_fn: Callable[[str], Awaitable[T]], settings: Settings) -> T:
+    """Migrate, then run ``coro_fn(database URL)``, in one event loop."""
+    from gateway.db.migrations import upgrade
+
+    async def migrated_then(url: str) -> T:
+        await upgrade(url)
+        return await coro_fn(url)
+
     with database(settings) as url:
-        from gateway.db.migrations import upgrade
-
-        asyncio.run(upgrade(url))
-        return asyncio.run(_with_url(coro_fn, url))
-
-
-async def _with_url(coro_fn: Callable[[str], Awaitable[T]], url: str) -> T:
-    return await coro_fn(url)
+        return asyncio.run(migrated_then(url))
 
 
 def prepare_database(settings: Settings, url: str) -> None:
