@@ -10,6 +10,12 @@ and is retried with exponential back-off (a database outage costs nothing but me
 the events of the last flush interval, plus whatever could not be written during an ongoing outage.
 A duplicate is possible only if the connection dies after the server committed a batch but before the
 commit was acknowledged.
+
+A row the database refuses (a data or integrity error: text it cannot hold, a number out of range) must
+not hold the rest hostage: the batch is split in halves, each written in its own transaction, down to the
+offending rows, which are dropped, counted in ``rejected`` and logged by request id. Any other error
+(connection, missing table, server shutting down) is the database's problem, not the row's: the whole
+unwritten remainder is requeued.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from typing import Any, Final
 from uuid import UUID
 
 import msgspec
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["COLUMNS", "UsageEvent", "UsageMeter"]
+__all__ = ["COLUMNS", "INT4_MAX", "UsageEvent", "UsageMeter"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,15 @@ _PG_TYPES: Final = (
 )
 _COPY_SQL: Final = f"COPY usage_events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _DROP_WARNING_EVERY_S: Final = 10.0
+# Errors that belong to a row, not to the database: SQLSTATE classes 22 and 23 from the server, and what
+# psycopg's binary dumpers raise for a value they cannot encode (an int beyond int4, say).
+_ROW_ERRORS: Final = (psycopg.DataError, psycopg.IntegrityError, OverflowError, ValueError, TypeError)
+INT4_MAX: Final = 2**31 - 1
+# Positions of the int4 columns in a row. psycopg's C binary dumper wraps an int beyond int4 silently
+# (2**40 + 5 is stored as 5), so the range is checked here and a bad row is refused like any other.
+_INT4_FIELDS: Final = tuple(
+    i for i, (name, pg_type) in enumerate(zip(COLUMNS, _PG_TYPES, strict=True)) if pg_type == "int4"
+)
 
 
 class UsageMeter:
@@ -83,7 +99,8 @@ class UsageMeter:
     keeps the stored history contiguous. Drops are counted in ``dropped`` and logged at most every 10 s.
 
     Counters: ``pending`` (recorded, not yet written, including a batch being written), ``written``,
-    ``dropped``, ``failed_flushes`` (flush attempts that raised).
+    ``dropped``, ``rejected`` (rows the database refused, dropped after bisecting), ``failed_flushes``
+    (flush attempts that raised).
     """
 
     def __init__(
@@ -113,6 +130,7 @@ class UsageMeter:
         self._last_drop_warning = -_DROP_WARNING_EVERY_S
         self.written = 0
         self.dropped = 0
+        self.rejected = 0
         self.failed_flushes = 0
 
     @property
@@ -200,23 +218,61 @@ class UsageMeter:
             return written
 
     async def _write_batch(self, conn: AsyncConnection[Any]) -> int:
+        """Write up to ``batch_size`` events; bisect around rows the database refuses (see the module doc).
+
+        ``parts`` is a stack of unwritten slices, the next one to write on top. On an error that is not
+        a row's, every unwritten slice goes back to the front of the queue in order and the error is raised.
+        """
         queue = self._queue
         popleft = queue.popleft
         batch = [popleft() for _ in range(min(len(queue), self._batch_size))]
+        parts = [batch]
         self._in_flight = len(batch)
+        written = 0
         try:
-            async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
-                copy.set_types(_PG_TYPES)
-                astuple = msgspec.structs.astuple
-                for event in batch:
-                    await copy.write_row(astuple(event))
+            while parts:
+                rows = parts[-1]
+                try:
+                    await self._copy(conn, rows)
+                except _ROW_ERRORS as exc:
+                    parts.pop()
+                    if len(rows) == 1:
+                        self._reject(rows[0], exc)
+                    else:
+                        middle = len(rows) // 2
+                        parts += (rows[middle:], rows[:middle])
+                else:
+                    parts.pop()
+                    written += len(rows)
+                    self.written += len(rows)
+                self._in_flight = sum(map(len, parts))
         except BaseException:
-            queue.extendleft(reversed(batch))
+            queue.extendleft(event for rows in parts for event in reversed(rows))
             raise
         finally:
             self._in_flight = 0
-        self.written += len(batch)
-        return len(batch)
+        return written
+
+    @staticmethod
+    async def _copy(conn: AsyncConnection[Any], rows: list[UsageEvent]) -> None:
+        """COPY ``rows`` in one transaction: all of them are stored, or none."""
+        async with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
+            copy.set_types(_PG_TYPES)
+            astuple = msgspec.structs.astuple
+            for event in rows:
+                row = astuple(event)
+                for i in _INT4_FIELDS:
+                    if not -INT4_MAX - 1 <= row[i] <= INT4_MAX:
+                        raise ValueError(f"{COLUMNS[i]}={row[i]} is out of range for an int4 column")
+                await copy.write_row(row)
+
+    def _reject(self, event: UsageEvent, exc: BaseException) -> None:
+        self.rejected += 1
+        log.error(
+            "usage event refused by the database, dropped: %s",
+            _describe(exc),
+            extra={"usage_request_id": event.request_id[:128], "rejected_total": self.rejected},
+        )
 
     async def _run(self) -> None:
         delay = 0.0

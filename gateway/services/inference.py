@@ -25,7 +25,7 @@ from gateway.engines.replica import Purpose
 from gateway.engines.stream import EngineStream
 from gateway.errors import encode_error, error_body_for
 from gateway.services.sse import SseRelay, inject_include_usage
-from observability.usage import UsageEvent, UsageMeter
+from observability.usage import INT4_MAX, UsageEvent, UsageMeter
 
 Endpoint = Literal["chat.completions", "completions", "embeddings"]
 
@@ -165,9 +165,9 @@ class InferenceService:
         ttft_ms: float | None = None,
     ) -> None:
         prompt = completion = 0
-        if usage is not None:
-            prompt = usage.prompt_tokens or 0
-            completion = usage.completion_tokens or 0
+        if usage is not None:  # an engine's counts, clamped to what a usage row can hold
+            prompt = min(max(usage.prompt_tokens or 0, 0), INT4_MAX)
+            completion = min(max(usage.completion_tokens or 0, 0), INT4_MAX)
         p = ctx.principal
         self._meter.record(
             UsageEvent(

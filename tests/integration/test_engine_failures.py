@@ -165,3 +165,20 @@ async def test_connect_failure_is_retried_on_another_replica(database_url: str) 
         await stop_gateway(server, task)
         for fake in (live, embed):
             await fake.stop()
+
+
+async def test_absurd_token_counts_from_the_engine_are_clamped_not_wrapped(
+    gateway: Gateway, tenant: TenantKeys
+) -> None:
+    """An engine that reports 2**40 tokens (or a negative count) still leaves one honest usage row."""
+    gateway.chat.faults.status = 200
+    gateway.chat.faults.body = msgspec.json.encode({
+        "id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": CHAT_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": -7, "completion_tokens": 2**40 + 5, "total_tokens": 2**40},
+    })
+    answer = await gateway.openai(tenant.user_key).chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+    assert answer.choices[0].message.content == "hi"
+    rows = await usage_rows(gateway, tenant.tenant_id)
+    assert [(r[3], r[5], r[6]) for r in rows] == [(200, 0, 2**31 - 1)]
+    assert gateway.services.meter.rejected == 0

@@ -237,3 +237,48 @@ async def test_hostile_values_are_stored_verbatim(db_pool: AsyncConnectionPool[A
         meter.record(event)
     assert await meter.flush() == 2
     assert await stored(db_pool) == events
+
+
+async def test_rows_the_database_refuses_are_bisected_out(
+    db_pool: AsyncConnectionPool[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL byte (text cannot hold it) and an int beyond int4 each cost only their own row."""
+    events = [make_event(i) for i in range(11)]
+    events[2] = make_event(2, model="bad\x00model")
+    events[7] = make_event(7, completion_tokens=2**40)
+    meter = UsageMeter(db_pool, batch_size=8)
+    for event in events:
+        meter.record(event)
+    with caplog.at_level(logging.ERROR, logger="observability.usage"):
+        assert await meter.flush() == 9
+    assert await stored(db_pool) == [e for i, e in enumerate(events) if i not in (2, 7)]
+    assert (meter.pending, meter.written, meter.rejected, meter.failed_flushes) == (0, 9, 2, 0)
+    refused = sorted(r.usage_request_id for r in caplog.records if hasattr(r, "usage_request_id"))
+    assert refused == ["req_000002", "req_000007"]
+
+
+async def test_outage_while_bisecting_requeues_only_the_unwritten_rows(db_pool: AsyncConnectionPool[Any]) -> None:
+    """A database error between the halves of a bisected batch keeps every unwritten row, in order."""
+    events = [make_event(i) for i in range(8)]
+    events[1] = make_event(1, model="nul\x00")
+    meter = UsageMeter(db_pool, batch_size=8)
+    for event in events:
+        meter.record(event)
+    real_copy = UsageMeter._copy
+    calls = 0
+
+    async def copy_then_fail(conn: psycopg.AsyncConnection[Any], rows: list[UsageEvent]) -> None:
+        nonlocal calls
+        calls += 1
+        # 8 rows (refused), rows 0-3 (refused), 0-1 (refused), 0 (written), 1 (refused), then the outage
+        if calls == 6:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        await real_copy(conn, rows)
+
+    meter._copy = copy_then_fail  # type: ignore[method-assign]
+    with pytest.raises(psycopg.OperationalError):
+        await meter.flush()
+    assert (meter.pending, meter.written, meter.rejected) == (6, 1, 1)
+    meter._copy = real_copy  # type: ignore[method-assign]
+    assert await meter.flush() == 6
+    assert await stored(db_pool) == [e for i, e in enumerate(events) if i != 1]
