@@ -32,6 +32,9 @@ class Replica:
     last_error: str | None = None
     # Wall-clock time (time.time()) of the last health check, None before the first one.
     last_check: float | None = None
+    # Health checks failed in a row, and when (event-loop time) the next one is due: see EnginePool.
+    failures: int = 0
+    next_check: float = 0.0
     _endpoints: dict[str, URL] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:

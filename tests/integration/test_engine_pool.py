@@ -153,6 +153,30 @@ async def test_mark_unhealthy_and_health_loop_revives(http: aiohttp.ClientSessio
     assert pool.readiness()[0]
 
 
+async def test_down_replica_is_probed_with_backoff_not_every_interval(
+    http: aiohttp.ClientSession, servers: list[FakeVLLM]
+) -> None:
+    """With a 60 s health interval, a replica that went down is back within a fraction of a second."""
+    pool = EnginePool(http, [servers[0].url], [servers[2].url], timeouts=TIMEOUTS, health_interval=60.0,
+                      recheck_initial=0.05)
+    await pool.start()
+    try:
+        first = pool.replicas[0]
+        await servers[0].stop()
+        pool.mark_unhealthy(first, "connection refused")
+        await wait_until(lambda: first.failures >= 4)  # 0.05 s, 0.1 s, 0.2 s: probes keep coming, slower
+        loop = asyncio.get_running_loop()
+        assert not first.healthy
+        assert 0.1 < first.next_check - loop.time() <= 0.05 * 2 ** (first.failures - 1)
+        await servers[0].start()
+        await wait_until(lambda: first.healthy)
+        assert (first.failures, first.last_error) == (0, None)
+        assert first.next_check - loop.time() > 50  # healthy again: back to the slow interval
+        assert pool.replicas[1].failures == 0 and pool.replicas[1].next_check - loop.time() > 50
+    finally:
+        await pool.stop()
+
+
 async def test_readiness_without_replicas_or_purpose(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
     empty = EnginePool(http, [], [], timeouts=TIMEOUTS)
     await empty.refresh()
