@@ -167,6 +167,22 @@ async def test_connect_failure_is_retried_on_another_replica(database_url: str) 
             await fake.stop()
 
 
+async def test_client_gone_before_the_disconnect_watcher_starts_still_cancels(
+    gateway: Gateway, tenant: TenantKeys
+) -> None:
+    """The watcher starts WATCH_DISCONNECT_AFTER_S into a request; a client that left sooner is still seen."""
+    from gateway.routes.common import WATCH_DISCONNECT_AFTER_S
+
+    gateway.chat.faults.header_delay = 1.5
+    async with gateway.http(tenant.user_key) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": MESSAGES},
+                            timeout=WATCH_DISCONNECT_AFTER_S / 5)
+    await asyncio.wait_for(gateway.chat.wait_cancelled(), 1.0)  # long before the engine's 1.5 s answer
+    rows = await usage_rows(gateway, tenant.tenant_id)
+    assert [(r[3], r[4]) for r in rows] == [(499, "client_disconnected")]
+
+
 async def test_absurd_token_counts_from_the_engine_are_clamped_not_wrapped(
     gateway: Gateway, tenant: TenantKeys
 ) -> None:
