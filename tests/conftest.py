@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,6 +17,21 @@ from gateway.db.migrations import upgrade
 from gateway.db.pool import open_pool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# `.ci/run` sets this: there every test must run, so a skip (say, the real-engine suites not finding the
+# engines they were installed with) fails the run instead of passing it quietly.
+FAIL_ON_SKIP = os.environ.get("TG_FAIL_ON_SKIP") == "1"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if FAIL_ON_SKIP and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and TG_FAIL_ON_SKIP=1 allows no skip: {report.longrepr}"
+    return report
 
 # Tables holding data, emptied between tests (schema_migrations stays).
 DATA_TABLES = ("usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants")
