@@ -7,6 +7,7 @@ shutdown closes them in reverse, flushing every pending usage event.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -87,7 +88,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             max_entries=settings.auth_cache_size,
         )
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        http = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        # No cookie jar: a cookie an engine (or a proxy before it) set during one tenant's call must never
+        # ride along on another tenant's.
+        http = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
         stack.push_async_callback(http.close)
         timeouts = _timeouts(settings)
         engines = EnginePool(
@@ -106,11 +112,24 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         yield Services(settings, db, auth, http, engines, client, meter, InferenceService(client, meter))
 
 
+def freeze_startup_objects() -> None:
+    """Move everything built at start-up (the app, its routes and schemas, the pools) out of the collector's way.
+
+    A worker holds about 75,000 such objects, and a full garbage collection that walks them all took about
+    40 ms here: one such pause in the middle of serving delays every request then in flight. After
+    ``gc.freeze()`` the collector never scans them again (they live as long as the process anyway), and
+    a full collection walks only what was allocated since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_litestar(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            freeze_startup_objects()
             log.info("gateway ready", extra={"engines": len(services.engines.replicas)})
             yield
         log.info("gateway stopped")

@@ -49,6 +49,8 @@ async def test_chat_completion_non_streaming_passes_engine_answer_and_meters_it(
     assert completion.usage is not None and completion.usage.completion_tokens == 5
     request_id = raw.headers["x-request-id"]
     assert request_id.startswith("req_")
+    assert raw.headers["content-type"] == "application/json"
+    assert int(raw.headers["content-length"]) == len(raw.content)
     # the body reached the engine byte for byte
     sent = msgspec.json.decode(gateway.chat.last_body or b"{}")
     assert sent["messages"] == [{"role": "user", "content": "Say hi"}] and sent["max_tokens"] == 5
