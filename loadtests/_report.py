@@ -93,6 +93,9 @@ def preamble(meta: dict[str, Any], opts: Options) -> None:
            else ""))
     say(f"  servers {', '.join(opts.servers)}; {opts.workers} worker(s); non-streaming chat, max_tokens "
         f"{opts.max_tokens}; auth + usage metering (embedded Postgres) + request ids on")
+    if meta.get("pinned"):
+        say(f"  pinned (--pin): gateway on CPU {meta['pinned']['gateway']}, load generator and fake engine on CPU "
+            f"{meta['pinned']['load_and_engine']}, Postgres unpinned")
     say("  latency in ms from each request's scheduled send time (open loop, evenly spread arrivals);")
     say("  'added' = gateway percentile - direct percentile at the same rate, measured back to back")
     say("  CPU% = share of one CPU during the run: gw gateway processes, eng fake engine, pg Postgres, gen this")
