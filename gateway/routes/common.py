@@ -109,8 +109,9 @@ class JsonBytesResponse:
     """An already-encoded JSON answer, sent as the two ASGI messages it is.
 
     The inference routes return this instead of a Litestar ``Response``: their bodies come from the engine
-    ready to send, and Litestar's response machinery (header and cookie objects, media-type handling)
-    cost about 10% of the gateway's CPU per request (measured with ``loadtests/bench_gateway.py``).
+    ready to send. Together with authenticating in the handler rather than through a Litestar dependency,
+    skipping Litestar's response machinery (header and cookie objects, media-type handling) cut the
+    gateway's CPU per proxied request by about 13% (850 to 736 us at 600 req/s, measured back to back).
     """
 
     __slots__ = ("body", "headers", "status")
