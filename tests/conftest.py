@@ -33,6 +33,7 @@ def pytest_runtest_makereport(
         report.longrepr = f"skipped, and TG_FAIL_ON_SKIP=1 allows no skip: {report.longrepr}"
     return report
 
+
 # Tables holding data, emptied between tests (schema_migrations stays).
 DATA_TABLES = ("usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants")
 
