@@ -5,10 +5,15 @@ so a request costs no database round trip. Revocation and tenant disable reach e
 ``ttl``; the replica that made the change forgets its entry at once. Unknown keys are cached too
 (negative entries), so a flood of bad keys does not become a flood of queries. Expiry is checked on
 every request against the cached ``expires_at``, so it is exact.
+
+Requests that miss the cache for the same key at the same time (the first burst after a start, or an
+entry expiring under load) share one database lookup rather than each taking a pooled connection for
+their own: at 1,000 req/s a 2 ms lookup would otherwise be made by every request of those 2 ms.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Literal
@@ -39,6 +44,7 @@ class Authenticator:
         self._ttl = ttl
         self._max_entries = max_entries
         self._cache: OrderedDict[bytes, tuple[float, store.KeyRecord | None]] = OrderedDict()
+        self._lookups: dict[str, asyncio.Task[store.KeyRecord | None]] = {}
 
     async def tenant(self, authorization: str | None, *, role: Literal["admin", "user"] = "user") -> Principal:
         """Authenticate a tenant key; ``role='admin'`` also requires a tenant admin key."""
@@ -71,6 +77,25 @@ class Authenticator:
                 raise InsufficientRoleError("This endpoint needs the platform admin key.")
             raise InvalidKeyError(_INVALID)
 
+    async def _lookup(self, public_id: str) -> store.KeyRecord | None:
+        """The key's row, from the lookup already in flight for ``public_id`` if there is one.
+
+        The lookup runs as its own task and each caller awaits it shielded: a caller that is cancelled (its
+        client went away) does not cancel it for the others.
+        """
+        task = self._lookups.get(public_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(store.lookup_key(self._pool, public_id))
+            self._lookups[public_id] = task
+            task.add_done_callback(lambda done: self._lookup_done(public_id, done))
+        return await asyncio.shield(task)
+
+    def _lookup_done(self, public_id: str, task: asyncio.Task[store.KeyRecord | None]) -> None:
+        if self._lookups.get(public_id) is task:
+            del self._lookups[public_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every caller may have gone before it failed
+
     def forget_tenant(self, tenant_id: object) -> None:
         """Drop cached entries of one tenant (after a change made by this process)."""
         for key_hash in [h for h, (_, r) in self._cache.items() if r is not None and r.tenant_id == tenant_id]:
@@ -82,7 +107,7 @@ class Authenticator:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         public_id = public_id_of(token)
-        record = None if public_id is None else await store.lookup_key(self._pool, public_id)
+        record = None if public_id is None else await self._lookup(public_id)
         if self._ttl > 0:
             self._cache[key_hash] = (now, record)
             self._cache.move_to_end(key_hash)

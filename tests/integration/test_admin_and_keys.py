@@ -173,3 +173,57 @@ async def test_admin_actions_are_audited(gateway: Gateway, tenant: TenantKeys) -
         rows = await cur.fetchall()
     assert rows == [("platform-admin", "tenant.create"), ("platform-admin", "key.create"),
                     ("platform-admin", "key.create")]
+
+
+async def test_concurrent_cache_misses_share_one_key_lookup(
+    gateway: Gateway, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.auth import store
+
+    real_lookup = store.lookup_key
+    calls: list[str] = []
+
+    async def slow_lookup(pool: object, public_id: str) -> store.KeyRecord | None:
+        calls.append(public_id)
+        await asyncio.sleep(0.05)
+        return await real_lookup(pool, public_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "lookup_key", slow_lookup)
+    auth = gateway.services.auth
+    auth._cache.clear()
+    header = f"Bearer {tenant.user_key}"
+    principals = await asyncio.gather(*(auth.tenant(header) for _ in range(20)))
+    assert len(calls) == 1
+    assert {p.tenant_id for p in principals} == {principals[0].tenant_id}
+    assert str(principals[0].tenant_id) == tenant.tenant_id
+
+    # A caller that goes away does not take the shared lookup with it.
+    auth._cache.clear()
+    leader = asyncio.create_task(auth.tenant(header))
+    await asyncio.sleep(0.01)
+    follower = asyncio.create_task(auth.tenant(header))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert (await follower).tenant_id == principals[0].tenant_id
+    assert leader.cancelled() and len(calls) == 2
+
+
+async def test_failed_shared_key_lookup_fails_every_waiter_and_is_not_cached(
+    gateway: Gateway, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.auth import store
+
+    real_lookup = store.lookup_key
+
+    async def broken_lookup(pool: object, public_id: str) -> store.KeyRecord | None:
+        await asyncio.sleep(0.02)
+        raise OSError("database unreachable")
+
+    monkeypatch.setattr(store, "lookup_key", broken_lookup)
+    auth = gateway.services.auth
+    auth._cache.clear()
+    header = f"Bearer {tenant.user_key}"
+    results = await asyncio.gather(*(auth.tenant(header) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+    monkeypatch.setattr(store, "lookup_key", real_lookup)
+    assert str((await auth.tenant(header)).tenant_id) == tenant.tenant_id
