@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import aiohttp
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
@@ -26,6 +25,7 @@ from gateway.auth.service import Authenticator
 from gateway.db.migrations import upgrade
 from gateway.db.pool import open_pool
 from gateway.engines.client import EngineClient
+from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
 from gateway.engines.timeouts import EngineTimeouts
 from gateway.errors import EXCEPTION_HANDLERS
@@ -87,15 +87,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             db, admin_key_hash=await _admin_key_hash(settings, db), ttl=settings.auth_cache_ttl,
             max_entries=settings.auth_cache_size,
         )
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        # No cookie jar: a cookie an engine (or a proxy before it) set during one tenant's call must never
-        # ride along on another tenant's.
-        http = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
-        stack.push_async_callback(http.close)
         timeouts = _timeouts(settings)
+        # The one pooled HTTP client toward engines: health checks and requests alike. It keeps no cookies,
+        # so nothing an engine (or a proxy before it) set during one tenant's call rides along on another's.
+        http = HttpClient(connect_timeout=timeouts.connect)
+        stack.push_async_callback(http.close)
         engines = EnginePool(
             http, settings.engine_urls, settings.embedding_urls, timeouts=timeouts,
             health_interval=settings.engine_health_interval,

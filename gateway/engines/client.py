@@ -1,30 +1,36 @@
 """Forward one request to an engine replica: replica choice, retries, timeouts, streaming.
 
 Retry rule: only failures before the engine saw the request are retried, on another replica.
-- connect failed (refused, DNS, connect timeout): the replica is marked unhealthy and excluded;
-- a pooled keep-alive connection found dead before any response byte (`ServerDisconnectedError`,
-  `ClientOSError`): that is routine when the engine closed an idle connection at the same moment,
-  so the same replica gets one more try on a fresh connection; a second such failure (or a refused
-  connect, when the engine really died) marks it unhealthy and excludes it.
-Nothing is retried once response headers arrived, nor after the first-byte timeout (the engine may
-be busy generating: a retry would double the load).
+- connect failed (refused, DNS, TLS): the replica is marked unhealthy and excluded; a connect *timeout*
+  excludes it for this request only (see `_Retry`);
+- a connection closed before any response byte (`ClosedBeforeResponseError`): that is routine when the
+  engine closed an idle keep-alive connection at the same moment, so the same replica gets one more try
+  on a fresh connection; a second such failure marks it unhealthy and excludes it.
+Nothing is retried once response bytes arrived, nor after the first-byte timeout (the engine may be busy
+generating: a retry would double the load).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import msgspec
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.engines.errors import (
     EngineBadResponseError,
     EngineTimeoutError,
     EngineUnavailableError,
+)
+from gateway.engines.http1 import (
+    ClosedBeforeResponseError,
+    ConnectError,
+    ConnectTimeoutError,
+    HttpClient,
+    HttpError,
+    HttpResponse,
+    encode_headers,
 )
 from gateway.engines.pool import EnginePool
 from gateway.engines.replica import Purpose, Replica
@@ -33,7 +39,7 @@ from gateway.engines.timeouts import EngineTimeouts
 
 __all__ = ["EngineClient", "EngineReply"]
 
-_JSON_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+_JSON = b"Content-Type: application/json\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +75,16 @@ class _Retry:
 
 
 class EngineClient:
-    """Sends requests to the replicas of an `EnginePool` over one shared aiohttp session.
+    """Sends requests to the replicas of an `EnginePool` over the gateway's one `HttpClient`.
 
-    The session should have no small connection limit (`TCPConnector(limit=0)` or a large one):
-    waiting for a free pooled connection counts against the first-byte timeout.
+    `timeouts.first_byte` runs until the response headers are complete, `timeouts.total` over the whole
+    exchange, body or stream included (`timeouts.connect` is the `HttpClient`'s own).
     """
 
-    def __init__(self, pool: EnginePool, session: aiohttp.ClientSession, timeouts: EngineTimeouts) -> None:
+    def __init__(self, pool: EnginePool, http: HttpClient, timeouts: EngineTimeouts) -> None:
         self._pool = pool
-        self._session = session
+        self._http = http
         self._timeouts = timeouts
-        # aiohttp enforces `total` over the whole exchange (body and stream reads included).
-        self._client_timeout = aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect)
 
     async def post(
         self, model: str, purpose: Purpose, path: str, body: bytes, headers: Mapping[str, str] | None = None
@@ -104,16 +108,22 @@ class EngineClient:
 
     async def _send(
         self, model: str, purpose: Purpose, path: str, body: bytes, headers: Mapping[str, str] | None
-    ) -> tuple[aiohttp.ClientResponse, Replica]:
-        """Pick a replica and send until response headers arrive; the caller owns `in_flight` then."""
-        send_headers: Mapping[str, str] = _JSON_HEADERS
-        if headers:  # the caller's Content-Type, if any, replaces ours (case-insensitively)
-            merged = CIMultiDict(_JSON_HEADERS)
-            merged.update(headers)
-            send_headers = merged
+    ) -> tuple[HttpResponse, Replica]:
+        """Pick a replica and send until response headers arrive; the caller owns `in_flight` then.
+
+        `headers` must not hold CR, LF or NUL (`ValueError`); a Content-Type among them replaces ours.
+        """
+        header_block = _JSON
+        if headers:
+            header_block = encode_headers(headers)
+            if not any(name.lower() == "content-type" for name in headers):
+                header_block = _JSON + header_block
+        target = path.encode("ascii")
+        timeouts = self._timeouts
         excluded: list[Replica] = []
         suspect: list[Replica] = []
         last_reason = ""
+        fresh = False
         while True:
             try:
                 replica = self._pool.choose(model, purpose, excluded)
@@ -126,18 +136,19 @@ class EngineClient:
                 ) from exc
             replica.in_flight += 1
             try:
-                async with asyncio.timeout(self._timeouts.first_byte):
-                    resp = await self._session.post(
-                        replica.endpoint(path), data=body, headers=send_headers, timeout=self._client_timeout
-                    )
+                resp = await self._http.request(
+                    replica.origin, b"POST", target, header_block, body,
+                    first_byte_timeout=timeouts.first_byte, total_timeout=timeouts.total, fresh=fresh,
+                )
             except BaseException as exc:
                 replica.in_flight -= 1
-                mapped = _map_send_error(exc, self._timeouts)
+                mapped = _map_send_error(exc, timeouts)
                 if mapped is exc:
                     raise
                 if not isinstance(mapped, _Retry):
                     raise mapped from exc
                 last_reason = mapped.reason
+                fresh = not mapped.exclude  # retrying here: not on another idle connection that may be as dead
                 if mapped.exclude or replica in suspect:
                     if mapped.mark_down:
                         self._pool.mark_unhealthy(replica, mapped.reason)
@@ -150,26 +161,23 @@ class EngineClient:
 
 def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseException | _Retry:
     """The error to raise for a failure before response headers, or `_Retry`."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return _Retry(f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}", exclude=True)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectError):
+        return _Retry(f"cannot connect: {exc.reason}", exclude=True)
+    if isinstance(exc, ConnectTimeoutError):
         return _Retry(f"connect timed out after {timeouts.connect:g} s", exclude=True, mark_down=False)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if isinstance(exc, ClosedBeforeResponseError):
         return _Retry("connection closed before the response", exclude=False)
     if isinstance(exc, TimeoutError):
         return EngineTimeoutError(f"The engine did not answer within {timeouts.first_byte:g} s.")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return EngineBadResponseError(f"The engine sent an invalid HTTP response ({exc.message[:200]}).")
-    if isinstance(exc, aiohttp.ClientError):
-        return EngineBadResponseError(f"Talking to the engine failed ({type(exc).__name__}).")
+    if isinstance(exc, HttpError):
+        return EngineBadResponseError(f"The engine sent an invalid HTTP response ({str(exc)[:200]}).")
     return exc  # cancellation and bugs propagate as they are
 
 
-async def _read_reply(resp: aiohttp.ClientResponse, replica: Replica, timeouts: EngineTimeouts) -> EngineReply:
+async def _read_reply(resp: HttpResponse, replica: Replica, timeouts: EngineTimeouts) -> EngineReply:
     try:
-        data = await resp.read()
+        data = await resp.read()  # on any failure the connection is aborted, so the engine stops working on it
     except BaseException as exc:
-        resp.close()  # aborts the connection, so the engine stops working on it
         mapped = map_body_error(exc, timeouts.total)
         if mapped is exc:
             raise

@@ -9,10 +9,10 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from gateway.engines.errors import EngineUnavailableError, ModelNotServedError
+from gateway.engines.http1 import ClosedBeforeResponseError, ConnectError, HttpClient, HttpError
 from gateway.engines.normalize import redact
 from gateway.engines.replica import Purpose, Replica
 from gateway.engines.timeouts import EngineTimeouts
@@ -41,7 +41,7 @@ class EnginePool:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: HttpClient,
         generate_urls: Sequence[str],
         embed_urls: Sequence[str],
         *,
@@ -49,7 +49,7 @@ class EnginePool:
         health_interval: float = 5.0,
         recheck_initial: float = 0.25,
     ) -> None:
-        self._session = session
+        self._http = http
         self._timeouts = timeouts
         self._health_interval = health_interval
         self._recheck_initial = min(recheck_initial, health_interval)
@@ -59,7 +59,6 @@ class EnginePool:
             "embed": tuple(Replica(url, "embed") for url in embed_urls),
         }
         self._replicas = self._by_purpose["generate"] + self._by_purpose["embed"]
-        self._probe_timeout = aiohttp.ClientTimeout(total=timeouts.probe, sock_connect=timeouts.connect)
         self._rr = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -113,7 +112,7 @@ class EnginePool:
         try:
             await self._probe(replica, "/health")
             cards = _parse_model_list(await self._probe(replica, "/v1/models"))
-        except (aiohttp.ClientError, TimeoutError, _ProbeError) as exc:
+        except (HttpError, TimeoutError, _ProbeError) as exc:
             replica.healthy = False
             replica.last_error = _describe(exc)
             replica.failures += 1
@@ -136,11 +135,22 @@ class EnginePool:
         return min(self._health_interval, self._recheck_initial * 2.0 ** min(replica.failures - 1, 30))
 
     async def _probe(self, replica: Replica, path: str) -> bytes:
-        async with self._session.get(replica.endpoint(path), timeout=self._probe_timeout) as resp:
+        timeout = self._timeouts.probe
+        target = path.encode("ascii")
+        async with asyncio.timeout(timeout):  # connecting included
+            try:
+                resp = await self._http.request(
+                    replica.origin, b"GET", target, b"", b"", first_byte_timeout=timeout, total_timeout=timeout
+                )
+            except ClosedBeforeResponseError:  # an idle keep-alive connection the engine had closed: once more
+                resp = await self._http.request(
+                    replica.origin, b"GET", target, b"", b"", first_byte_timeout=timeout, total_timeout=timeout,
+                    fresh=True,
+                )
             body = await resp.read()
-            if resp.status != 200:
-                raise _ProbeError(f"GET {path} answered HTTP {resp.status}")
-            return body
+        if resp.status != 200:
+            raise _ProbeError(f"GET {path} answered HTTP {resp.status}")
+        return body
 
     def mark_unhealthy(self, replica: Replica, reason: str) -> None:
         """Take a replica out of rotation until a health check finds it well again (soon: see the class)."""
@@ -251,6 +261,6 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, TimeoutError):
         return "health check timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, ConnectError):
+        return f"cannot connect: {exc.reason}"
     return redact(f"{type(exc).__name__}: {exc}", 300)

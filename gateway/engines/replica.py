@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from yarl import URL
+from gateway.engines.http1 import Origin
 
 __all__ = ["Purpose", "Replica"]
 
@@ -35,21 +36,22 @@ class Replica:
     # Health checks failed in a row, and when (event-loop time) the next one is due: see EnginePool.
     failures: int = 0
     next_check: float = 0.0
-    _endpoints: dict[str, URL] = field(init=False, repr=False, default_factory=dict)
+    origin: Origin = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
-        base = URL(self.url)
-        if not base.absolute or base.scheme not in ("http", "https"):
-            raise ValueError(f"engine URL must be absolute http(s): {self.display_url}")
+        try:
+            self.origin = Origin.from_url(self.url)
+        except ValueError:
+            raise ValueError(f"engine URL must be absolute http(s): {self.display_url}") from None
 
     @property
     def display_url(self) -> str:
         """The URL without credentials: safe for logs, errors and health details."""
-        base = URL(self.url)
-        if base.user is None and base.password is None:
+        parts = urlsplit(self.url)
+        if "@" not in parts.netloc:
             return self.url
-        return str(base.with_user(None))
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
     @property
     def models(self) -> frozenset[str]:
@@ -57,12 +59,3 @@ class Replica:
 
     def serves(self, model: str) -> bool:
         return model in self.model_cards
-
-    def endpoint(self, path: str) -> URL:
-        """The absolute URL of `path` on this replica (cached: parsing a URL per request costs)."""
-        url = self._endpoints.get(path)
-        if url is None:
-            url = URL(self.url + (path if path.startswith("/") else "/" + path), encoded=False)
-            if len(self._endpoints) < 64:
-                self._endpoints[path] = url
-        return url

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
-import aiohttp
-
 from gateway.engines.errors import EngineBadResponseError, EngineStreamBrokenError, EngineTimeoutError
+from gateway.engines.http1 import HttpError, HttpResponse, InvalidResponseError
 from gateway.engines.replica import Replica
 
 __all__ = ["EngineStream"]
@@ -25,11 +24,10 @@ class EngineStream:
     when the connection is lost or the body is truncated; the connection is aborted either way.
     """
 
-    __slots__ = ("_content", "_done", "_released", "_resp", "_total", "replica", "status")
+    __slots__ = ("_done", "_released", "_resp", "_total", "replica", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, replica: Replica, total_timeout: float) -> None:
+    def __init__(self, resp: HttpResponse, replica: Replica, total_timeout: float) -> None:
         self._resp = resp
-        self._content = resp.content
         self._total = total_timeout
         self._done = False
         self._released = False
@@ -52,7 +50,7 @@ class EngineStream:
         if self._released:
             raise StopAsyncIteration
         try:
-            chunk = await self._content.readany()
+            chunk = await self._resp.read_chunk()
         except BaseException as exc:
             self._release(abort=True)
             mapped = map_body_error(exc, self._total)
@@ -75,7 +73,7 @@ class EngineStream:
         self._released = True
         self.replica.in_flight -= 1
         if abort:
-            self._resp.close()  # closes the connection: the engine sees its client go away
+            self._resp.abort()  # closes the connection: the engine sees its client go away
         else:
             self._resp.release()
 
@@ -98,8 +96,8 @@ def map_body_error(exc: BaseException, total_timeout: float) -> BaseException:
     """
     if isinstance(exc, TimeoutError):
         return EngineTimeoutError(f"The engine did not finish within {total_timeout:g} s.")
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
+    if isinstance(exc, InvalidResponseError):
+        return EngineBadResponseError(f"The engine sent an invalid response body ({str(exc)[:200]}).")
+    if isinstance(exc, HttpError):
         return EngineStreamBrokenError("The connection to the engine was lost in the middle of its answer.")
-    if isinstance(exc, aiohttp.ClientError):
-        return EngineBadResponseError(f"The engine sent an invalid response body ({type(exc).__name__}).")
     return exc

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.auth.service import Authenticator
 from gateway.engines.client import EngineClient
+from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
 from gateway.services.inference import InferenceService
 from gateway.settings import Settings
@@ -20,7 +20,7 @@ class Services:
     settings: Settings
     db: AsyncConnectionPool
     auth: Authenticator
-    http: aiohttp.ClientSession
+    http: HttpClient
     engines: EnginePool
     client: EngineClient
     meter: UsageMeter

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 
@@ -22,6 +22,7 @@ from gateway.engines import (
     EngineUnavailableError,
     ModelNotServedError,
 )
+from gateway.engines.http1 import ConnectTimeoutError, HttpClient, HttpResponse, Origin
 from tests.fakes.vllm import FakeVLLM
 
 TIMEOUTS = EngineTimeouts(connect=1.0, first_byte=5.0, total=10.0)
@@ -36,9 +37,10 @@ def chat_body(max_tokens: int = 4, *, stream: bool = False, model: str = "fake-c
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient(connect_timeout=TIMEOUTS.connect)
+    yield client
+    await client.close()
 
 
 @pytest.fixture
@@ -53,7 +55,7 @@ async def servers() -> AsyncIterator[list[FakeVLLM]]:
 
 
 async def make_client(
-    http: aiohttp.ClientSession, servers: list[FakeVLLM], timeouts: EngineTimeouts = TIMEOUTS
+    http: HttpClient, servers: list[FakeVLLM], timeouts: EngineTimeouts = TIMEOUTS
 ) -> tuple[EngineClient, EnginePool]:
     pool = EnginePool(http, [servers[0].url, servers[1].url], [servers[2].url], timeouts=timeouts)
     await pool.refresh()
@@ -85,7 +87,7 @@ async def open_ok_stream(client: EngineClient, body: bytes) -> EngineStream:
     return stream
 
 
-async def test_post_forwards_body_and_headers(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_post_forwards_body_and_headers(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     body = chat_body()
     reply = await client.post("fake-chat", "generate", CHAT, body, {"traceparent": "00-1-2-01", "x-request-id": "r1"})
@@ -102,7 +104,7 @@ async def test_post_forwards_body_and_headers(http: aiohttp.ClientSession, serve
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_non_200_is_a_reply(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_non_200_is_a_reply(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers[:2]:
         fake.set_models(("other",))  # the pool still believes they serve fake-chat
@@ -116,7 +118,7 @@ async def test_non_200_is_a_reply(http: aiohttp.ClientSession, servers: list[Fak
     assert all(r.healthy for r in pool.replicas)
 
 
-async def test_stream_arrives_incrementally(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_stream_arrives_incrementally(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.chunk_delay = 0.1
@@ -140,7 +142,7 @@ async def test_stream_arrives_incrementally(http: aiohttp.ClientSession, servers
     assert servers[0].cancelled + servers[1].cancelled == 0
 
 
-async def test_concurrent_requests_spread_by_load(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_concurrent_requests_spread_by_load(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.header_delay = 0.2
@@ -150,7 +152,7 @@ async def test_concurrent_requests_spread_by_load(http: aiohttp.ClientSession, s
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_retry_lands_on_the_live_replica(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_retry_lands_on_the_live_replica(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     down, live = pool.replicas[0], pool.replicas[1]
     await servers[0].stop()
@@ -166,7 +168,7 @@ async def test_retry_lands_on_the_live_replica(http: aiohttp.ClientSession, serv
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_all_down_is_unavailable(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_all_down_is_unavailable(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     await servers[0].stop()
     await servers[1].stop()
@@ -180,14 +182,14 @@ async def test_all_down_is_unavailable(http: aiohttp.ClientSession, servers: lis
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_unknown_model(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_unknown_model(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, _ = await make_client(http, servers)
     with pytest.raises(ModelNotServedError):
         await client.post("nope", "generate", CHAT, chat_body(model="nope"))
     assert servers[0].request_count + servers[1].request_count == 0
 
 
-async def test_dead_keepalive_connection_is_retried(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_dead_keepalive_connection_is_retried(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     await servers[1].stop()
     await pool.refresh()
@@ -203,7 +205,7 @@ async def test_dead_keepalive_connection_is_retried(http: aiohttp.ClientSession,
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_first_byte_timeout(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_first_byte_timeout(http: HttpClient, servers: list[FakeVLLM]) -> None:
     timeouts = EngineTimeouts(connect=1.0, first_byte=0.2, total=5.0)
     client, pool = await make_client(http, servers, timeouts)
     for fake in servers:
@@ -221,7 +223,7 @@ async def test_first_byte_timeout(http: aiohttp.ClientSession, servers: list[Fak
     assert all(r.healthy for r in pool.replicas)
 
 
-async def test_total_timeout_mid_stream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_total_timeout_mid_stream(http: HttpClient, servers: list[FakeVLLM]) -> None:
     timeouts = EngineTimeouts(connect=1.0, first_byte=1.0, total=0.4)
     client, pool = await make_client(http, servers, timeouts)
     for fake in servers:
@@ -234,7 +236,7 @@ async def test_total_timeout_mid_stream(http: aiohttp.ClientSession, servers: li
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_death_mid_stream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_death_mid_stream(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.die_after_chunks = 3
@@ -250,7 +252,7 @@ async def test_death_mid_stream(http: aiohttp.ClientSession, servers: list[FakeV
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_garbage(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_garbage(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.garbage = True
@@ -267,7 +269,7 @@ async def test_garbage(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> 
     assert in_flight(pool) == [0, 0, 0]
 
 
-async def test_aclose_half_read_aborts_upstream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_aclose_half_read_aborts_upstream(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.chunk_delay = 0.05
@@ -284,7 +286,7 @@ async def test_aclose_half_read_aborts_upstream(http: aiohttp.ClientSession, ser
         await anext(stream)
 
 
-async def test_cancelled_caller_aborts_upstream(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_cancelled_caller_aborts_upstream(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.header_delay = 5.0
@@ -300,7 +302,7 @@ async def test_cancelled_caller_aborts_upstream(http: aiohttp.ClientSession, ser
         await target.wait_cancelled()
 
 
-async def test_cancelled_while_iterating(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_cancelled_while_iterating(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.chunk_delay = 0.5
@@ -321,20 +323,20 @@ async def test_cancelled_while_iterating(http: aiohttp.ClientSession, servers: l
 
 
 async def test_connect_timeout_moves_on_without_marking_the_replica_down(
-    http: aiohttp.ClientSession, servers: list[FakeVLLM], monkeypatch: pytest.MonkeyPatch
+    http: HttpClient, servers: list[FakeVLLM], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An overloaded replica that is slow to accept is skipped for this request, not for everyone."""
     client, pool = await make_client(http, servers)
     slow, live = pool.replicas[0], pool.replicas[1]
     live.in_flight = 1  # so the pool tries the slow replica first
-    real_post = http.post
+    real_request = http.request
 
-    def post(url: object, **kwargs: object) -> object:
-        if str(url).startswith(slow.url):
-            raise aiohttp.ConnectionTimeoutError("connect timed out")
-        return real_post(url, **kwargs)  # type: ignore[arg-type]
+    async def request(origin: Origin, *args: Any, **kwargs: Any) -> HttpResponse:
+        if origin is slow.origin:
+            raise ConnectTimeoutError("connect timed out")
+        return await real_request(origin, *args, **kwargs)
 
-    monkeypatch.setattr(http, "post", post)
+    monkeypatch.setattr(http, "request", request)
     reply = await client.post("fake-chat", "generate", CHAT, chat_body())
     live.in_flight = 0
     assert reply.status == 200

@@ -6,7 +6,6 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 import pytest
 
 from gateway.engines import (
@@ -16,15 +15,17 @@ from gateway.engines import (
     ModelNotServedError,
     Replica,
 )
+from gateway.engines.http1 import HttpClient
 from tests.fakes.vllm import FakeVLLM
 
 TIMEOUTS = EngineTimeouts(connect=1.0, first_byte=5.0, total=10.0)
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient(connect_timeout=TIMEOUTS.connect)
+    yield client
+    await client.close()
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ async def servers() -> AsyncIterator[list[FakeVLLM]]:
         await server.stop()
 
 
-def make_pool(http: aiohttp.ClientSession, servers: list[FakeVLLM], interval: float = 5.0) -> EnginePool:
+def make_pool(http: HttpClient, servers: list[FakeVLLM], interval: float = 5.0) -> EnginePool:
     return EnginePool(
         http, [servers[0].url, servers[1].url], [servers[2].url], timeouts=TIMEOUTS, health_interval=interval
     )
@@ -60,7 +61,7 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached within 3 s")
 
 
-async def test_refresh_discovers_models(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_refresh_discovers_models(http: HttpClient, servers: list[FakeVLLM]) -> None:
     pool = make_pool(http, servers)
     assert not any(r.healthy for r in pool.replicas)
     assert pool.readiness()[0] is False
@@ -77,7 +78,7 @@ async def test_refresh_discovers_models(http: aiohttp.ClientSession, servers: li
     assert details["replicas"][2]["url"] == servers[2].url
 
 
-async def test_choose_least_loaded_with_rotation(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_choose_least_loaded_with_rotation(http: HttpClient, servers: list[FakeVLLM]) -> None:
     pool = make_pool(http, servers)
     await pool.refresh()
     first, second, embed = pool.replicas
@@ -96,7 +97,7 @@ async def test_choose_least_loaded_with_rotation(http: aiohttp.ClientSession, se
         pool.choose("chat-a", "generate", exclude={first, second})
 
 
-async def test_unknown_vs_unavailable_model(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_unknown_vs_unavailable_model(http: HttpClient, servers: list[FakeVLLM]) -> None:
     pool = make_pool(http, servers)
     await pool.refresh()
     with pytest.raises(ModelNotServedError) as not_served:
@@ -122,7 +123,7 @@ async def test_unknown_vs_unavailable_model(http: aiohttp.ClientSession, servers
     assert details["models"]["chat-b"]["healthy_replicas"] == 0
 
 
-async def test_failing_health_and_bad_model_list(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_failing_health_and_bad_model_list(http: HttpClient, servers: list[FakeVLLM]) -> None:
     pool = make_pool(http, servers)
     servers[1].faults.health_status = 503
     await pool.refresh()
@@ -135,7 +136,7 @@ async def test_failing_health_and_bad_model_list(http: aiohttp.ClientSession, se
     assert pool.choose("adapter-x", "generate") is pool.replicas[1]
 
 
-async def test_mark_unhealthy_and_health_loop_revives(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_mark_unhealthy_and_health_loop_revives(http: HttpClient, servers: list[FakeVLLM]) -> None:
     pool = make_pool(http, servers, interval=0.05)
     await pool.start()
     try:
@@ -154,7 +155,7 @@ async def test_mark_unhealthy_and_health_loop_revives(http: aiohttp.ClientSessio
 
 
 async def test_down_replica_is_probed_with_backoff_not_every_interval(
-    http: aiohttp.ClientSession, servers: list[FakeVLLM]
+    http: HttpClient, servers: list[FakeVLLM]
 ) -> None:
     """With a 60 s health interval, a replica that went down is back within a fraction of a second."""
     pool = EnginePool(http, [servers[0].url], [servers[2].url], timeouts=TIMEOUTS, health_interval=60.0,
@@ -177,7 +178,7 @@ async def test_down_replica_is_probed_with_backoff_not_every_interval(
         await pool.stop()
 
 
-async def test_readiness_without_replicas_or_purpose(http: aiohttp.ClientSession, servers: list[FakeVLLM]) -> None:
+async def test_readiness_without_replicas_or_purpose(http: HttpClient, servers: list[FakeVLLM]) -> None:
     empty = EnginePool(http, [], [], timeouts=TIMEOUTS)
     await empty.refresh()
     assert empty.readiness() == (False, {"ready": False, "models": {}, "replicas": []})
@@ -191,8 +192,12 @@ def test_replica_urls() -> None:
     replica = Replica("http://user:secret@engine:8000/", "generate")
     assert replica.url == "http://user:secret@engine:8000"
     assert replica.display_url == "http://engine:8000"
-    assert str(replica.endpoint("/v1/models")) == "http://user:secret@engine:8000/v1/models"
-    assert replica.endpoint("/v1/models") is replica.endpoint("/v1/models")
+    origin = replica.origin
+    assert (origin.tls, origin.host, origin.port, origin.base_path) == (False, "engine", 8000, b"")
+    assert origin.fixed_headers == b"Host: engine:8000\r\nAuthorization: Basic dXNlcjpzZWNyZXQ=\r\n"
+    behind_proxy = Replica("https://[::1]/vllm/a/", "embed").origin
+    assert (behind_proxy.tls, behind_proxy.host, behind_proxy.port) == (True, "::1", 443)
+    assert (behind_proxy.base_path, behind_proxy.fixed_headers) == (b"/vllm/a", b"Host: [::1]\r\n")
     with pytest.raises(ValueError, match="absolute"):
         Replica("engine:8000", "generate")
     with pytest.raises(ValueError, match="positive"):

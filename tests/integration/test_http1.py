@@ -1,0 +1,337 @@
+"""The engine HTTP/1.1 client against scripted raw TCP servers: framing, keep-alive, failures, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.engines.http1 import (
+    ClosedBeforeResponseError,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeoutError,
+    HttpClient,
+    InvalidResponseError,
+    Origin,
+    encode_headers,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawServer"], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request (head and Content-Length body), as raw bytes; b"" when the client closed."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return b""
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+@dataclass
+class RawServer:
+    """A TCP server whose handler writes exactly the bytes a test wants; it records what it saw."""
+
+    handler: Handler
+    requests: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
+    server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self)
+            if await reader.read(1) == b"":
+                self.closed_by_client.set()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.closed_by_client.set()
+        finally:
+            writer.close()
+
+    async def next_request(self, reader: asyncio.StreamReader) -> bytes:
+        request = await read_request(reader)
+        if request:
+            self.requests.append(request)
+        return request
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[RawServer]]]:
+    servers: list[RawServer] = []
+
+    async def start(handler: Handler) -> RawServer:
+        raw = RawServer(handler)
+        raw.server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+        servers.append(raw)
+        return raw
+
+    yield start
+    for raw in servers:
+        assert raw.server is not None
+        raw.server.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    http = HttpClient(connect_timeout=1.0)
+    yield http
+    await http.close()
+
+
+async def get(client: HttpClient, url: str, path: bytes = b"/x", *, first_byte: float = 2.0, total: float = 5.0,
+              body: bytes = b"", headers: bytes = b"") -> tuple[int, str, bytes]:
+    method = b"POST" if body else b"GET"
+    resp = await client.request(Origin.from_url(url), method, path, headers, body,
+                                first_byte_timeout=first_byte, total_timeout=total)
+    return resp.status, resp.content_type, await resp.read()
+
+
+async def answer_each(reply: bytes) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        while await raw.next_request(reader):
+            writer.write(reply)
+            await writer.drain()
+
+    return handler
+
+
+async def test_keep_alive_reuses_one_connection(serve: Callable[[Handler], Awaitable[RawServer]],
+                                                client: HttpClient) -> None:
+    raw = await serve(await answer_each(OK))
+    for _ in range(3):
+        assert await get(client, raw.url) == (200, "application/json", b"{}")
+    assert raw.connections == 1
+    assert client.idle_connections == 1
+
+
+async def test_request_line_headers_and_body(serve: Callable[[Handler], Awaitable[RawServer]],
+                                             client: HttpClient) -> None:
+    raw = await serve(await answer_each(OK))
+    url = raw.url.replace("http://", "http://us%40er:p%3Ass@") + "/base/"
+    await get(client, url, b"/v1/chat/completions", body=b'{"a": 1}', headers=b"x-request-id: r1\r\n")
+    head, _, body = raw.requests[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /base/v1/chat/completions HTTP/1.1"
+    port = raw.url.rsplit(":", 1)[1]
+    assert lines[1:] == [
+        f"Host: 127.0.0.1:{port}".encode(),
+        b"Authorization: Basic dXNAZXI6cDpzcw==",  # us@er:p:ss
+        b"x-request-id: r1",
+        b"Content-Length: 8",
+    ]
+    assert body == b'{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", b"abcde"),
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b""),
+    ],
+)
+async def test_framings(serve: Callable[[Handler], Awaitable[RawServer]], client: HttpClient,
+                        reply: bytes, body: bytes) -> None:
+    raw = await serve(await answer_each(reply))
+    status, content_type, read = await get(client, raw.url)
+    assert (status, content_type, read) == (int(reply[9:12]), "application/octet-stream", body)
+    await get(client, raw.url)
+    assert raw.connections == 1
+
+
+async def test_close_delimited_body_and_connection_close(serve: Callable[[Handler], Awaitable[RawServer]],
+                                                         client: HttpClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nuntil ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"the end")
+        writer.close()
+
+    raw = await serve(handler)
+    assert await get(client, raw.url) == (200, "text/plain", b"until the end")
+    assert await get(client, raw.url) == (200, "text/plain", b"until the end")
+    assert raw.connections == 2  # never reused
+    assert client.idle_connections == 0
+
+
+async def test_garbage_and_truncation(serve: Callable[[Handler], Awaitable[RawServer]], client: HttpClient) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.write(b"THIS IS NOT HTTP\r\n\r\n")
+
+    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.close()
+
+    with pytest.raises(InvalidResponseError):
+        await get(client, (await serve(garbage)).url)
+    with pytest.raises(ConnectionLostError):
+        await get(client, (await serve(truncated)).url)
+    with pytest.raises(ClosedBeforeResponseError):
+        await get(client, (await serve(silent)).url)
+    assert client.idle_connections == 0
+
+
+async def test_unrequested_bytes_after_a_response_retire_the_connection(
+    serve: Callable[[Handler], Awaitable[RawServer]], client: HttpClient
+) -> None:
+    raw = await serve(await answer_each(OK + OK))  # two answers to one request
+    assert await get(client, raw.url) == (200, "application/json", b"{}")
+    await asyncio.sleep(0.05)
+    assert await get(client, raw.url) == (200, "application/json", b"{}")
+    assert raw.connections == 2
+
+
+async def test_first_byte_timeout_aborts_the_connection(serve: Callable[[Handler], Awaitable[RawServer]],
+                                                        client: HttpClient) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+
+    raw = await serve(stall)
+    with pytest.raises(TimeoutError):
+        await get(client, raw.url, first_byte=0.1)
+    async with asyncio.timeout(2):
+        await raw.closed_by_client.wait()
+
+
+async def test_total_timeout_while_reading_the_body(serve: Callable[[Handler], Awaitable[RawServer]],
+                                                    client: HttpClient) -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(50):
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    raw = await serve(trickle)
+    resp = await client.request(Origin.from_url(raw.url), b"GET", b"/", b"", b"", first_byte_timeout=1.0,
+                                total_timeout=0.3)
+    pieces: list[bytes] = []
+
+    async def read_all() -> None:
+        while chunk := await resp.read_chunk():
+            pieces.append(chunk)
+
+    with pytest.raises(TimeoutError):
+        await read_all()
+    assert 2 <= len(pieces) < 10
+    async with asyncio.timeout(2):
+        await raw.closed_by_client.wait()
+
+
+async def test_cancelled_caller_aborts_the_connection(serve: Callable[[Handler], Awaitable[RawServer]],
+                                                      client: HttpClient) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+
+    raw = await serve(stall)
+    task = asyncio.create_task(get(client, raw.url))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(2):
+        await raw.closed_by_client.wait()
+    assert client.idle_connections == 0
+
+
+async def test_a_slow_reader_pauses_the_stream_and_loses_nothing(
+    serve: Callable[[Handler], Awaitable[RawServer]], client: HttpClient
+) -> None:
+    piece = bytes(range(256)) * 256  # 64 KiB
+    count = 32  # 2 MiB, well past the high-water mark
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(piece) * count))
+        for _ in range(count):
+            writer.write(piece)
+            await writer.drain()
+
+    raw = await serve(flood)
+    resp = await client.request(Origin.from_url(raw.url), b"GET", b"/", b"", b"", first_byte_timeout=1.0,
+                                total_timeout=10.0)
+    received = bytearray()
+    while chunk := await resp.read_chunk():
+        received += chunk
+        await asyncio.sleep(0.01)
+    assert received == piece * count
+    assert client.idle_connections == 1  # read to its end: kept
+
+
+async def test_idle_connections_expire(serve: Callable[[Handler], Awaitable[RawServer]]) -> None:
+    raw = await serve(await answer_each(OK))
+    http = HttpClient(connect_timeout=1.0, idle_timeout=0.05)
+    try:
+        await get(http, raw.url)
+        await get(http, raw.url)
+        assert raw.connections == 1
+        await asyncio.sleep(0.1)
+        await get(http, raw.url)
+        assert raw.connections == 2
+    finally:
+        await http.close()
+
+
+async def test_connect_refused_and_connect_timeout() -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        refused_url = f"http://127.0.0.1:{spare.getsockname()[1]}"
+    http = HttpClient(connect_timeout=0.2)
+    # A listener that never accepts, its backlog full: further connects hang in SYN retries.
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        with pytest.raises(ConnectError) as refused:
+            await get(http, refused_url)
+        assert refused.value.reason == "Connection refused"
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(listener.getsockname())
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectTimeoutError):
+            await get(http, f"http://127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+        await http.close()
+
+
+def test_headers_that_could_split_a_request_are_refused() -> None:
+    assert encode_headers({"traceparent": "00-ab-cd-01"}) == b"traceparent: 00-ab-cd-01\r\n"
+    for bad in ({"x": "a\r\nHost: evil"}, {"x\n": "a"}, {"x": "a\x00"}):
+        with pytest.raises(ValueError, match="control character"):
+            encode_headers(bad)
+    with pytest.raises(ValueError, match="absolute"):
+        Origin.from_url("engine:8000")
