@@ -155,4 +155,6 @@ def create_litestar(settings: Settings) -> Litestar:
 
 def create_app(settings: Settings) -> RequestContextMiddleware:
     """The ASGI app to serve: Litestar wrapped in the request-context layer."""
-    return RequestContextMiddleware(create_litestar(settings), body_read_timeout=settings.body_read_timeout)
+    return RequestContextMiddleware(
+        create_litestar(settings), body_read_timeout=settings.body_read_timeout, direct=inference.DIRECT
+    )

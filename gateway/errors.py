@@ -198,14 +198,23 @@ def _validation_message(exc: ValidationException) -> str:
     return str(exc.detail) or "Invalid request"
 
 
-def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Litestar's exception handler for everything: the one place errors become HTTP."""
+def answer_error(
+    exc: BaseException, method: str, path: str, request: Request[Any, Any, Any] | None = None
+) -> ErrorBody:
+    """The error to answer for ``exc``, logged when it is the server's (5xx): the one place errors become HTTP,
+    for Litestar's handlers (through ``exception_to_response``) and the plain-ASGI inference routes alike."""
     body = error_body_for(exc, request)
     if body.status >= 500:
         if body.status == 500:
-            log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            log.error("unhandled error on %s %s", method, path, exc_info=exc)
         else:
-            log.warning("%s on %s %s: %s", body.status, request.method, request.url.path, body.message)
+            log.warning("%s on %s %s: %s", body.status, method, path, body.message)
+    return body
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar's exception handler for everything."""
+    body = answer_error(exc, request.method, request.url.path, request)
     headers = {"retry-after": "1"} if body.status == 503 else None
     return Response(content=body.to_bytes(), status_code=body.status, media_type=MediaType.JSON, headers=headers)
 

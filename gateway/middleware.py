@@ -1,15 +1,20 @@
-"""The outermost ASGI layer: request id on every response (404s and 405s included), body read deadline.
+"""The outermost ASGI layer: request id on every response (404s and 405s included), body read deadline,
+and the direct path to the inference routes.
 
 It wraps the whole Litestar app rather than sitting in Litestar's middleware stack, because Litestar
 answers unknown routes before its middleware runs. Kept to plain ASGI so it costs a few microseconds.
+A ``POST`` whose path is in ``direct`` goes straight to that ASGI app (see ``gateway.routes.inference``),
+with ``scope["app"]`` set to the Litestar app as Litestar itself would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,9 +38,10 @@ def _incoming_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, body_read_timeout: float) -> None:
+    def __init__(self, app: Litestar, *, body_read_timeout: float, direct: Mapping[str, ASGIApp] | None = None) -> None:
         self.app = app
         self.body_read_timeout = body_read_timeout
+        self.direct = dict(direct or {})
 
     def __getattr__(self, name: str) -> Any:  # let servers and tests reach the wrapped app's attributes
         return getattr(self.app, name)
@@ -55,9 +61,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        direct = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
         token = set_request_id(request_id)
         try:
-            await self.app(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
+            if direct is not None:
+                scope["app"] = self.app
+                await direct(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
+            else:
+                await self.app(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
         finally:
             reset_request_id(token)
 

@@ -171,3 +171,33 @@ async def test_hostile_model_names_are_metered_without_poisoning_the_batch(
     rows = await usage_rows(gateway, tenant.tenant_id)  # flushes: must not raise
     assert [r[1] for r in rows] == ["bad\ufffdmodel", "x" * 256, "'; DROP TABLE usage_events; --"]
     assert all(r[3] == 404 for r in rows)
+
+
+async def test_direct_and_litestar_routed_paths_serve_the_same_endpoint(gateway: Gateway, tenant: TenantKeys) -> None:
+    """An exact POST path skips Litestar; a spelling only Litestar matches (trailing slash) gets the same app."""
+    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    async with gateway.http(tenant.user_key) as http:
+        direct = await http.post("/v1/chat/completions", json=body)
+        routed = await http.post("/v1/chat/completions/", json=body)
+        unauthenticated = await http.post("/v1/chat/completions/", json=body, headers={"authorization": "Bearer x"})
+        wrong_method = await http.get("/v1/chat/completions")
+    assert direct.status_code == routed.status_code == 200
+    assert direct.json()["choices"] == routed.json()["choices"]
+    assert routed.headers["x-request-id"] != direct.headers["x-request-id"]
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.json()["error"]["type"] == "authentication_error"
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_only_a_well_formed_traceparent_is_passed_to_the_engine(gateway: Gateway, tenant: TenantKeys) -> None:
+    good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    async with gateway.http(tenant.user_key) as http:
+        resp = await http.post("/v1/chat/completions", json=body, headers={"traceparent": good})
+        assert resp.status_code == 200
+        assert gateway.chat.last_headers["traceparent"] == good
+        assert gateway.chat.last_headers["x-request-id"] == resp.headers["x-request-id"]
+        resp = await http.post("/v1/chat/completions", json=body, headers={"traceparent": "00-not-a-trace-01"})
+        assert resp.status_code == 200
+        assert "traceparent" not in gateway.chat.last_headers
