@@ -35,7 +35,7 @@ class Gateway:
 
     @property
     def services(self) -> Services:
-        services: Services = self.app.app.state.services  # type: ignore[attr-defined]
+        services: Services = self.app.app.state.services
         return services
 
     def admin(self) -> httpx.AsyncClient:
