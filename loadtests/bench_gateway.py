@@ -57,7 +57,7 @@ from loadtests._profile import Profile, finish_recording, py_spy_path, start_rec
 from loadtests._stack import Children, Gateway, create_api_key, start_fake_engine, start_gateway, wait_ready
 
 CHAT_PATH = "/v1/chat/completions"
-DEFAULT_RATES = (200, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000)
+DEFAULT_RATES = (200, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000, 6000)
 MILLION = 1_000_000
 _NOISY_REDOS = 2  # times a round disturbed by other work on the machine is repeated
 _NOISE_BUDGET = 6  # such repeats per server: a machine busy for good only makes the run longer

@@ -26,8 +26,9 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -113,12 +114,12 @@ class Origin:
         return cls(tls, host, port, parts.path.rstrip("/").encode("ascii"), encode_headers(fixed))
 
 
-def encode_headers(headers: Any) -> bytes:
+def encode_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
     """`name: value` lines for a mapping (or pairs), each CRLF-terminated.
 
     Raises `ValueError` for a name or value that could split the request (CR, LF or NUL) or is not latin-1.
     """
-    items = headers.items() if hasattr(headers, "items") else headers
+    items = headers.items() if isinstance(headers, Mapping) else headers
     lines = []
     for name, value in items:
         line = f"{name}: {value}\r\n"
@@ -441,7 +442,7 @@ class HttpClient:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.closed:
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
             if now - conn.idle_since > self._idle_timeout:
                 conn.abort()

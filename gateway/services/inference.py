@@ -52,7 +52,6 @@ _decode_usage = msgspec.json.Decoder(_WithUsage).decode
 class JsonReply:
     status: int
     body: bytes
-    retry_after: bool = False
 
 
 @dataclass(slots=True)
