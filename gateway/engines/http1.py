@@ -7,7 +7,7 @@ offers, and this module does only that:
 - one request at a time per connection (no pipelining), connections kept alive and reused last-in first-out;
 - request bodies already in memory, sent with `Content-Length`;
 - response bodies delimited by `Content-Length`, chunked, or the connection closing, parsed by httptools
-  (the parser uvicorn uses, so a separate dependency it is not);
+  (the parser uvicorn already uses, so nothing new to install);
 - plain TCP or TLS; credentials in the URL are sent as HTTP Basic auth;
 - no redirects, cookies, proxies, compression or `Expect: 100-continue`: an engine asks for none of those, and
   a cookie one tenant's call received must never ride along on another's anyway.
@@ -454,7 +454,9 @@ class HttpClient:
         conn = _Connection(self, origin, loop)
         tls: ssl.SSLContext | None = None
         if origin.tls:
-            tls = self._ssl or ssl.create_default_context()
+            if self._ssl is None:  # made once: loading the system's CA certificates is not cheap
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await loop.create_connection(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import trustme
 
 from gateway.engines.http1 import (
     ClosedBeforeResponseError,
@@ -76,9 +78,9 @@ class RawServer:
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[RawServer]]]:
     servers: list[RawServer] = []
 
-    async def start(handler: Handler) -> RawServer:
+    async def start(handler: Handler, tls: ssl.SSLContext | None = None) -> RawServer:
         raw = RawServer(handler)
-        raw.server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+        raw.server = await asyncio.start_server(raw._serve, "127.0.0.1", 0, ssl=tls)
         servers.append(raw)
         return raw
 
@@ -335,3 +337,26 @@ def test_headers_that_could_split_a_request_are_refused() -> None:
             encode_headers(bad)
     with pytest.raises(ValueError, match="absolute"):
         Origin.from_url("engine:8000")
+
+
+async def test_tls_engine_with_a_trusted_and_an_untrusted_certificate(
+    serve: Callable[..., Awaitable[RawServer]]
+) -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    raw = await serve(await answer_each(OK), server_tls)
+    url = raw.url.replace("http://", "https://")
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    http = HttpClient(connect_timeout=1.0, ssl_context=trusting)
+    untrusting = HttpClient(connect_timeout=1.0)  # the system's CAs only
+    try:
+        assert await get(http, url) == (200, "application/json", b"{}")
+        assert await get(http, url) == (200, "application/json", b"{}")
+        assert raw.connections == 1
+        with pytest.raises(ConnectError, match="TLS handshake failed"):
+            await get(untrusting, url)
+    finally:
+        await http.close()
+        await untrusting.close()
