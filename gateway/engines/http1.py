@@ -26,7 +26,7 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -168,14 +168,23 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(request)
 
-    async def wait(self) -> None:
-        """Until the protocol has news (headers, body, end, error); callers re-check their condition."""
-        waiter = self.loop.create_future()
-        self.waiter = waiter
+    async def until(self, ready: Callable[[_Connection], bool]) -> None:
+        """Wait until ``ready(self)``, re-checked whenever the protocol has news; raise the exchange's error
+        if one comes first. On any failure, and on cancellation, the connection is aborted."""
         try:
-            await waiter
-        finally:
-            self.waiter = None
+            while not ready(self):
+                if self.error is not None:
+                    raise self.error
+                waiter = self.loop.create_future()
+                self.waiter = waiter
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+        except BaseException:
+            self.abort()
+            self.busy = False
+            raise
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -304,6 +313,18 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
 
+def _headers_done(conn: _Connection) -> bool:
+    return conn.headers_done
+
+
+def _complete(conn: _Connection) -> bool:
+    return conn.complete
+
+
+def _has_data_or_complete(conn: _Connection) -> bool:
+    return bool(conn.chunks) or conn.complete
+
+
 class HttpResponse:
     """A response whose headers have arrived; the body is read with `read()` or piece by piece with
     `read_chunk()`. Reading to the end returns the connection to the pool; `abort()` (or an error,
@@ -328,12 +349,9 @@ class HttpResponse:
         if self._ended:
             return b""
         try:
-            while not conn.complete:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait()
+            await conn.until(_complete)
         except BaseException:
-            self.abort()
+            self._ended = True
             raise
         body = conn.take_body()
         self._end()
@@ -346,12 +364,9 @@ class HttpResponse:
             return b""
         conn.flow_control = True
         try:
-            while not conn.chunks and not conn.complete:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait()
+            await conn.until(_has_data_or_complete)
         except BaseException:
-            self.abort()
+            self._ended = True
             raise
         if conn.chunks:
             return conn.take_body()
@@ -413,15 +428,7 @@ class HttpClient:
             head += b"Content-Length: %d\r\n" % len(body)
         head += b"\r\n"
         conn.begin([head, body] if body else [head], started + min(first_byte_timeout, total_timeout))
-        try:
-            while not conn.headers_done:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait()
-        except BaseException:
-            conn.abort()
-            conn.busy = False
-            raise
+        await conn.until(_headers_done)
         if not conn.complete:
             conn.arm(started + total_timeout)
         return HttpResponse(conn)
