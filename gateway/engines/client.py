@@ -1,8 +1,9 @@
 """Forward one request to an engine replica: replica choice, retries, timeouts, streaming.
 
 Retry rule: only failures before the engine saw the request are retried, on another replica.
-- connect failed (refused, DNS, TLS): the replica is marked unhealthy and excluded; a connect *timeout*
-  excludes it for this request only (see `_Retry`);
+- connect failed (refused, DNS, TLS): the replica is marked unhealthy and excluded; a connect *timeout*,
+  or a failure that was this process's own (out of file descriptors), excludes it for this request only
+  (see `_Retry`);
 - a connection closed before any response byte (`ClosedBeforeResponseError`): that is routine when the
   engine closed an idle keep-alive connection at the same moment, so the same replica gets one more try
   on a fresh connection; a second such failure marks it unhealthy and excludes it.
@@ -161,8 +162,8 @@ class EngineClient:
 
 def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseException | _Retry:
     """The error to raise for a failure before response headers, or `_Retry`."""
-    if isinstance(exc, ConnectError):
-        return _Retry(f"cannot connect: {exc.reason}", exclude=True)
+    if isinstance(exc, ConnectError):  # a local shortage (say, no file descriptors left) is not the engine's fault
+        return _Retry(f"cannot connect: {exc.reason}", exclude=True, mark_down=not exc.local)
     if isinstance(exc, ConnectTimeoutError):
         return _Retry(f"connect timed out after {timeouts.connect:g} s", exclude=True, mark_down=False)
     if isinstance(exc, ClosedBeforeResponseError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import os
 import socket
 import ssl
@@ -58,11 +59,19 @@ class HttpError(Exception):
 
 
 class ConnectError(HttpError):
-    """No connection could be made (refused, unreachable, unknown host, TLS handshake failed)."""
+    """No connection could be made (refused, unreachable, unknown host, TLS handshake failed).
 
-    def __init__(self, reason: str) -> None:
+    `local`: the failure was this process's own (out of file descriptors or buffers), not the server's.
+    """
+
+    def __init__(self, reason: str, *, local: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.local = local
+
+
+# Failures to connect that say nothing about the server: this process ran out of something.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class ConnectTimeoutError(HttpError):
@@ -476,7 +485,7 @@ class HttpClient:
             raise ConnectError(f"TLS handshake failed ({exc.reason or type(exc).__name__})") from exc
         except OSError as exc:  # asyncio's own message names the address; the errno's says what happened
             reason = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else exc.strerror
-            raise ConnectError(reason or type(exc).__name__) from exc
+            raise ConnectError(reason or type(exc).__name__, local=exc.errno in _LOCAL_ERRNOS) from exc
         except BaseException:
             conn.abort()
             raise

@@ -22,7 +22,7 @@ from gateway.engines import (
     EngineUnavailableError,
     ModelNotServedError,
 )
-from gateway.engines.http1 import ConnectTimeoutError, HttpClient, HttpResponse, Origin
+from gateway.engines.http1 import ConnectError, ConnectTimeoutError, HttpClient, HttpResponse, Origin
 from tests.fakes.vllm import FakeVLLM
 
 TIMEOUTS = EngineTimeouts(connect=1.0, first_byte=5.0, total=10.0)
@@ -347,4 +347,26 @@ async def test_connect_timeout_moves_on_without_marking_the_replica_down(
         await client.post("fake-chat", "generate", CHAT, chat_body())
     assert "connect timed out" in exc_info.value.message
     assert slow.healthy
+    assert in_flight(pool) == [0, 0, 0]
+
+
+async def test_a_local_connect_failure_does_not_take_the_replica_down(
+    http: HttpClient, servers: list[FakeVLLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors is the gateway's own trouble: the request fails over, the replica stays in."""
+    client, pool = await make_client(http, servers)
+    first, second = pool.replicas[0], pool.replicas[1]
+    second.in_flight = 1  # so the pool tries the first replica first
+    real_request = http.request
+
+    async def request(origin: Origin, *args: Any, **kwargs: Any) -> HttpResponse:
+        if origin is first.origin:
+            raise ConnectError("Too many open files", local=True)
+        return await real_request(origin, *args, **kwargs)
+
+    monkeypatch.setattr(http, "request", request)
+    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    second.in_flight = 0
+    assert reply.replica is second
+    assert first.healthy
     assert in_flight(pool) == [0, 0, 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -360,3 +361,26 @@ async def test_tls_engine_with_a_trusted_and_an_untrusted_certificate(
     finally:
         await http.close()
         await untrusting.close()
+
+
+async def test_running_out_of_file_descriptors_is_a_local_connect_error(
+    serve: Callable[[Handler], Awaitable[RawServer]], client: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = await serve(await answer_each(OK))
+    loop = asyncio.get_running_loop()
+
+    async def no_descriptors(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(loop, "create_connection", no_descriptors)
+    with pytest.raises(ConnectError) as exc_info:
+        await get(client, raw.url)
+    assert exc_info.value.local
+    assert exc_info.value.reason == "Too many open files"
+    monkeypatch.undo()
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        refused_url = f"http://127.0.0.1:{spare.getsockname()[1]}"
+    with pytest.raises(ConnectError) as refused:
+        await get(client, refused_url)
+    assert not refused.value.local
