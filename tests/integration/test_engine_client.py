@@ -21,6 +21,7 @@ from gateway.engines import (
     EngineTimeouts,
     EngineUnavailableError,
     ModelNotServedError,
+    Replica,
 )
 from gateway.engines.http1 import ConnectError, ConnectTimeoutError, HttpClient, HttpResponse, Origin
 from tests.fakes.vllm import FakeVLLM
@@ -79,6 +80,18 @@ async def drain(stream: EngineStream, into: list[bytes], *, close: bool = True) 
     else:
         async for chunk in stream:
             into.append(chunk)
+
+
+def fail_requests_to(monkeypatch: pytest.MonkeyPatch, http: HttpClient, replica: Replica, exc: Exception) -> None:
+    """Every request `http` sends to `replica` fails with `exc` before reaching it; others go through."""
+    real_request = http.request
+
+    async def request(origin: Origin, *args: Any, **kwargs: Any) -> HttpResponse:
+        if origin is replica.origin:
+            raise exc
+        return await real_request(origin, *args, **kwargs)
+
+    monkeypatch.setattr(http, "request", request)
 
 
 async def open_ok_stream(client: EngineClient, body: bytes) -> EngineStream:
@@ -329,14 +342,7 @@ async def test_connect_timeout_moves_on_without_marking_the_replica_down(
     client, pool = await make_client(http, servers)
     slow, live = pool.replicas[0], pool.replicas[1]
     live.in_flight = 1  # so the pool tries the slow replica first
-    real_request = http.request
-
-    async def request(origin: Origin, *args: Any, **kwargs: Any) -> HttpResponse:
-        if origin is slow.origin:
-            raise ConnectTimeoutError("connect timed out")
-        return await real_request(origin, *args, **kwargs)
-
-    monkeypatch.setattr(http, "request", request)
+    fail_requests_to(monkeypatch, http, slow, ConnectTimeoutError("connect timed out"))
     reply = await client.post("fake-chat", "generate", CHAT, chat_body())
     live.in_flight = 0
     assert reply.status == 200
@@ -357,14 +363,7 @@ async def test_a_local_connect_failure_does_not_take_the_replica_down(
     client, pool = await make_client(http, servers)
     first, second = pool.replicas[0], pool.replicas[1]
     second.in_flight = 1  # so the pool tries the first replica first
-    real_request = http.request
-
-    async def request(origin: Origin, *args: Any, **kwargs: Any) -> HttpResponse:
-        if origin is first.origin:
-            raise ConnectError("Too many open files", local=True)
-        return await real_request(origin, *args, **kwargs)
-
-    monkeypatch.setattr(http, "request", request)
+    fail_requests_to(monkeypatch, http, first, ConnectError("Too many open files", local=True))
     reply = await client.post("fake-chat", "generate", CHAT, chat_body())
     second.in_flight = 0
     assert reply.replica is second
