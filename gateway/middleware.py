@@ -61,14 +61,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        direct = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
+        app = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
+        if app is None:
+            app = self.app
+        else:
+            scope["app"] = self.app
         token = set_request_id(request_id)
         try:
-            if direct is not None:
-                scope["app"] = self.app
-                await direct(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
-            else:
-                await self.app(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
+            await app(scope, _deadline_receive(receive, self.body_read_timeout), send_with_id)
         finally:
             reset_request_id(token)
 

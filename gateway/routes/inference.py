@@ -14,7 +14,7 @@ benchmark section); the other routes are not hot and stay ordinary Litestar hand
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 from litestar import post
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
@@ -90,7 +90,7 @@ COMPLETIONS = InferenceApp("completions", CompletionRequest, check_completion)
 EMBEDDINGS = InferenceApp("embeddings", EmbeddingRequest, check_embedding)
 
 # The outer ASGI layer's direct table: exact path of a POST -> app.
-DIRECT: dict[str, Any] = {
+DIRECT: dict[str, ASGIApp] = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETIONS,
     "/v1/embeddings": EMBEDDINGS,
