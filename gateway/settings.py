@@ -45,6 +45,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 8 * 1024 * 1024
     body_read_timeout: float = 30.0
     shutdown_timeout: float = 30.0
+    # The request line and headers: bounded in size and in time, so no client holds a connection or the
+    # event loop with a head that never ends (431 past the size; the connection is closed past the time).
+    max_header_bytes: int = 64 * 1024
+    header_read_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this many seconds
+    max_connections: int = 4096  # open client connections per worker; beyond it new ones are closed at once
+    # Bounds checked on the raw body before it is decoded, so a body of millions of tiny items costs little.
+    max_body_containers: int = 100_000  # JSON arrays and objects in one body (an upper bound is counted)
+    max_input_items: int = 2048  # entries of a `prompt` / `input` list, as OpenAI's embeddings API allows
+
+    db_pool_timeout: float = 2.0  # seconds to wait for a database connection before answering 503
+
+    engine_max_response_bytes: int = 64 * 1024 * 1024  # a non-streaming engine answer larger than this is a 502
+    engine_max_event_bytes: int = 1024 * 1024  # one server-sent event from an engine, at most
 
     engine_connect_timeout: float = 3.0
     engine_first_byte_timeout: float = 120.0
@@ -191,7 +205,9 @@ def _validate(settings: Settings) -> None:
 
 def _check_positive(settings: Settings) -> None:
     positive = (
-        "workers", "max_body_bytes", "body_read_timeout", "shutdown_timeout", "engine_connect_timeout",
+        "workers", "max_body_bytes", "body_read_timeout", "shutdown_timeout", "max_header_bytes",
+        "header_read_timeout", "keep_alive_timeout", "max_connections", "max_body_containers", "max_input_items",
+        "db_pool_timeout", "engine_max_response_bytes", "engine_max_event_bytes", "engine_connect_timeout",
         "engine_first_byte_timeout", "engine_total_timeout", "engine_health_interval", "auth_cache_size",
         "usage_flush_interval", "usage_batch_size", "usage_queue_max", "db_pool_max", "local_engine_start_timeout",
     )
