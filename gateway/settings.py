@@ -52,7 +52,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this many seconds
     max_connections: int = 4096  # open client connections per worker; beyond it new ones are closed at once
     # Bounds checked on the raw body before it is decoded, so a body of millions of tiny items costs little.
-    max_body_containers: int = 100_000  # JSON arrays and objects in one body (an upper bound is counted)
+    max_body_containers: int = 100_000  # JSON arrays and objects in one body (`[` and `{` are counted)
+    max_body_items: int = 1_000_000  # JSON values in one body (`,` are counted: an upper bound of values - 1)
     max_input_items: int = 2048  # entries of a `prompt` / `input` list, as OpenAI's embeddings API allows
 
     db_pool_timeout: float = 2.0  # seconds to wait for a database connection before answering 503
@@ -206,7 +207,8 @@ def _validate(settings: Settings) -> None:
 def _check_positive(settings: Settings) -> None:
     positive = (
         "workers", "max_body_bytes", "body_read_timeout", "shutdown_timeout", "max_header_bytes",
-        "header_read_timeout", "keep_alive_timeout", "max_connections", "max_body_containers", "max_input_items",
+        "header_read_timeout", "keep_alive_timeout", "max_connections", "max_body_containers", "max_body_items",
+        "max_input_items",
         "db_pool_timeout", "engine_max_response_bytes", "engine_max_event_bytes", "engine_connect_timeout",
         "engine_first_byte_timeout", "engine_total_timeout", "engine_health_interval", "auth_cache_size",
         "usage_flush_interval", "usage_batch_size", "usage_queue_max", "db_pool_max", "local_engine_start_timeout",

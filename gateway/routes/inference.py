@@ -21,8 +21,14 @@ from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 from msgspec import UNSET
 
 from gateway.errors import answer_error
-from gateway.openai.decode import check_chat, check_completion, check_embedding, decode_json_body
-from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.openai.decode import BodyLimits, check_chat, check_completion, check_embedding, decode_json_body
+from gateway.openai.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CompletionRequestSchema,
+    EmbeddingRequest,
+    EmbeddingRequestSchema,
+)
 from gateway.openapi_docs import json_body
 from gateway.routes.common import (
     JsonBytesResponse,
@@ -43,9 +49,9 @@ class InferenceApp(Generic[R]):
 
     __slots__ = ("_check", "_type", "endpoint")
     _type: type[R]
-    _check: Callable[[R], None]
+    _check: Callable[[R, BodyLimits], None]
 
-    def __init__(self, endpoint: Endpoint, request_type: type[R], check: Callable[[R], None]) -> None:
+    def __init__(self, endpoint: Endpoint, request_type: type[R], check: Callable[[R, BodyLimits], None]) -> None:
         self.endpoint = endpoint
         self._type = request_type
         self._check = check
@@ -64,8 +70,9 @@ class InferenceApp(Generic[R]):
         principal = await services.auth.tenant(head.authorization)
         head.check_json_media_type()
         body = await read_body(receive, head.content_length, services.settings.max_body_bytes)
-        req = decode_json_body(body, self._type)
-        self._check(req)
+        limits = services.body_limits
+        req = decode_json_body(body, self._type, limits)
+        self._check(req, limits)
         started, arrived_at = started_of_scope(scope)
         state = scope["state"]
         request_id: str = state["request_id"]
@@ -103,13 +110,13 @@ async def chat_completions() -> ASGIApp:
     return CHAT
 
 
-@post("/v1/completions", operation_class=json_body(CompletionRequest), tags=["inference"],
+@post("/v1/completions", operation_class=json_body(CompletionRequestSchema), tags=["inference"],
       summary="Create a text completion (OpenAI-compatible, streaming too)")
 async def completions() -> ASGIApp:
     return COMPLETIONS
 
 
-@post("/v1/embeddings", operation_class=json_body(EmbeddingRequest), tags=["inference"],
+@post("/v1/embeddings", operation_class=json_body(EmbeddingRequestSchema), tags=["inference"],
       summary="Create embeddings (OpenAI-compatible)")
 async def embeddings() -> ASGIApp:
     return EMBEDDINGS

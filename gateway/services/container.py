@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -10,6 +11,7 @@ from gateway.auth.service import Authenticator
 from gateway.engines.client import EngineClient
 from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
+from gateway.openai.decode import BodyLimits
 from gateway.services.inference import InferenceService
 from gateway.settings import Settings
 from observability.usage import UsageMeter
@@ -25,3 +27,8 @@ class Services:
     client: EngineClient
     meter: UsageMeter
     inference: InferenceService
+
+    @cached_property
+    def body_limits(self) -> BodyLimits:
+        s = self.settings
+        return BodyLimits(s.max_body_containers, s.max_body_items, s.max_input_items)
