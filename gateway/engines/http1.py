@@ -9,6 +9,7 @@ offers, and this module does only that:
 - response bodies delimited by `Content-Length`, chunked, or the connection closing, parsed by httptools
   (the parser uvicorn already uses, so nothing new to install);
 - plain TCP or TLS; credentials in the URL are sent as HTTP Basic auth;
+- a body read whole (`read()`) is capped (`max_response_bytes`); a streamed one is bounded by flow control;
 - no redirects, cookies, proxies, compression or `Expect: 100-continue`: an engine asks for none of those, and
   a cookie one tenant's call received must never ride along on another's anyway.
 
@@ -16,10 +17,16 @@ Timeouts are single timer handles per exchange (not a task or an `asyncio.timeou
 response headers are complete, then one until the whole body is. When one fires, the connection is aborted,
 so the engine sees its client go away and stops working on the request. The same happens when a caller is
 cancelled or gives up on a body it did not read to the end.
+
+A request is written at most once: nothing here retries. An idle connection is checked before reuse (one
+non-blocking `MSG_PEEK`): one the server already closed, or sent unrequested bytes on, is dropped and another
+taken, so that `ClosedBeforeResponseError` means the server closed the connection *after* the request was
+written, and may have received it.
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import base64
 import contextlib
@@ -44,6 +51,7 @@ __all__ = [
     "HttpResponse",
     "InvalidResponseError",
     "Origin",
+    "ResponseTooLargeError",
     "encode_headers",
 ]
 
@@ -52,6 +60,9 @@ __all__ = [
 IDLE_TIMEOUT_S = 4.0
 # A streamed body buffered beyond this (a client reading slower than the engine writes) pauses reading.
 _STREAM_HIGH_WATER = 256 * 1024
+# Default cap on a body read whole (the gateway's `engine_max_response_bytes`).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class HttpError(Exception):
@@ -79,12 +90,19 @@ class ConnectTimeoutError(HttpError):
 
 
 class ClosedBeforeResponseError(HttpError):
-    """The connection closed (or was reset) before any byte of the response: the server may never have
-    seen the request. Routine for a kept-alive connection the server closed while it was idle."""
+    """The connection closed (or was reset) after the request was written, before any byte of the response.
+
+    The server may have received the request (and crashed on it): never resend it on this alone. Idle
+    connections the server had closed before the request are skipped at checkout, so they do not end here.
+    """
 
 
 class InvalidResponseError(HttpError):
     """What came back is not a valid HTTP/1.1 response."""
+
+
+class ResponseTooLargeError(InvalidResponseError):
+    """More body bytes were buffered than the client accepts (`HttpClient(max_response_bytes=)`)."""
 
 
 class ConnectionLostError(HttpError):
@@ -147,6 +165,9 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.max_buffered = client.max_response_bytes
+        self.fd = -1  # the socket's descriptor, for `peer_closed` (-1: none known)
+        self.family = socket.AF_INET
         self.closed = False
         self.idle_since = 0.0
         self.busy = False
@@ -242,6 +263,7 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Close at once: the server sees its client go away mid-request."""
         self.closed = True
+        self.fd = -1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -250,12 +272,38 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
 
+    def peer_closed(self) -> bool:
+        """Whether the server closed this idle connection (or sent bytes on it) since it was last read.
+
+        asyncio learns of a close only when the loop next polls the socket; a request written before then
+        reaches a server that is gone. One non-blocking peek closes that window: EOF, an error, or bytes
+        nobody asked for all mean the connection cannot carry a request. (Under TLS the peek sees the raw
+        stream: a close_notify is bytes, which retires the connection just as well.)
+        """
+        if self.fd < 0:
+            return False
+        sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, self.fd)  # a view of the fd, detached below;
+        # the C type, without `socket.socket`'s Python-level set-up (a third of the cost of this check)
+        try:
+            sock.recv(1, _PEEK_FLAGS)
+        except BlockingIOError:
+            return False  # nothing to read: still open
+        except OSError:
+            return True
+        finally:
+            sock.detach()
+        return True
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                    self.family = sock.family
+                    self.fd = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
         if not self.busy or self.complete:
@@ -273,6 +321,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.fd = -1
         self.client._forget(self)
         if self.busy and not self.complete and self.error is None:
             if self.headers_done and not self.delimited:
@@ -307,6 +356,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
+        if self.buffered > self.max_buffered and not self.flow_control:  # a streamed body's backlog: flow control
+            exc = ResponseTooLargeError(f"response body larger than {self.max_buffered} bytes")
+            self.chunks = []  # freed now; and a reader gets the error, not a part of the body
+            self.buffered = 0
+            self.fail(exc)
+            raise exc  # stops the parser: nothing after this counts
         if self.flow_control and self.buffered > _STREAM_HIGH_WATER and not self.paused:
             self.paused = True
             assert self.transport is not None
@@ -345,6 +400,12 @@ class HttpResponse:
         self._conn = conn
         self._ended = False
         self.status = conn.status
+
+    @property
+    def is_event_stream(self) -> bool:
+        """Whether the media type is `text/event-stream` (parameters allowed); cheaper than `content_type`."""
+        raw = self._conn.content_type
+        return raw[:17].lower() == b"text/event-stream" and raw[17:18] in (b"", b";", b" ", b"\t")
 
     @property
     def content_type(self) -> str:
@@ -403,8 +464,16 @@ class HttpClient:
 
     def __init__(
         self, *, connect_timeout: float, idle_timeout: float = IDLE_TIMEOUT_S, max_idle_per_origin: int = 512,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        """`max_response_bytes`: the most body bytes buffered for one response; past it the connection is
+        aborted and the read fails with `ResponseTooLargeError`. That caps a body read whole (`read()`); a body
+        streamed (`read_chunk()`) has no size cap (its total timeout bounds it), and flow control bounds what
+        is buffered of it.
+        """
+        if max_response_bytes <= 0:
+            raise ValueError("max_response_bytes must be positive")
+        self.max_response_bytes = max_response_bytes
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._max_idle = max_idle_per_origin
@@ -420,10 +489,10 @@ class HttpClient:
         """Send a request and wait for the response headers.
 
         `target` is the path (after the origin's base path); `headers` come from `encode_headers` (without
-        Host or Content-Length). `fresh`: do not reuse an idle connection. Raises `ConnectError`,
-        `ConnectTimeoutError`, `ClosedBeforeResponseError`, `InvalidResponseError`, `ConnectionLostError`,
-        or `TimeoutError` when the headers are not complete within `first_byte_timeout`; the connection is
-        aborted on every failure and on cancellation.
+        Host or Content-Length). `fresh`: do not reuse an idle connection. The request is written once, never
+        resent. Raises `ConnectError`, `ConnectTimeoutError`, `ClosedBeforeResponseError`, `InvalidResponseError`,
+        `ConnectionLostError`, or `TimeoutError` when the headers are not complete within `first_byte_timeout`;
+        the connection is aborted on every failure and on cancellation.
         """
         if self._closed:
             raise RuntimeError("HttpClient is closed")
@@ -460,8 +529,8 @@ class HttpClient:
             conn = idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
-            if now - conn.idle_since > self._idle_timeout:
-                conn.abort()
+            if now - conn.idle_since > self._idle_timeout or conn.peer_closed():
+                conn.abort()  # expired, or closed by the server already: skipped, not a failure
                 continue
             return conn
         return None

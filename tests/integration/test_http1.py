@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import select
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ from gateway.engines.http1 import (
     HttpClient,
     InvalidResponseError,
     Origin,
+    ResponseTooLargeError,
     encode_headers,
 )
 
@@ -384,3 +387,120 @@ async def test_running_out_of_file_descriptors_is_a_local_connect_error(
     with pytest.raises(ConnectError) as refused:
         await get(client, refused_url)
     assert not refused.value.local
+
+
+def read_request_blocking(conn: socket.socket) -> bytes:
+    """One GET request's head from a blocking socket; b"" when the client closed."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        piece = conn.recv(4096)
+        if not piece:
+            return b""
+        head += piece
+    return head
+
+
+async def test_an_idle_connection_the_server_closed_is_skipped_before_anything_is_written(
+    client: HttpClient,
+) -> None:
+    """The server closes a kept-alive connection and the FIN sits unread in the client's socket (the event
+    loop has not polled it yet): the next request must go out on a new connection, not into the dead one."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    per_connection: list[list[bytes]] = []
+    close_first = threading.Event()
+    first_closed = threading.Event()
+
+    def serve() -> None:  # a thread: it runs while the test holds the event loop
+        for index in range(2):
+            conn, _ = listener.accept()
+            seen: list[bytes] = []
+            per_connection.append(seen)
+            with conn:
+                conn.settimeout(5)
+                while request := read_request_blocking(conn):
+                    seen.append(request)
+                    conn.sendall(OK)
+                    if index == 0:
+                        close_first.wait(5)
+                        break
+            if index == 0:
+                first_closed.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert await get(client, url) == (200, "application/json", b"{}")
+        (idle,) = client._idle[Origin.from_url(url)]
+        close_first.set()
+        assert first_closed.wait(5)
+        assert select.select([idle.fd], [], [], 5)[0], "the server's FIN should be readable by now"
+        assert not idle.closed  # the loop has not seen the close: only a look at the socket can tell
+        assert await get(client, url) == (200, "application/json", b"{}")
+        assert [len(seen) for seen in per_connection] == [1, 1]  # nothing written into the closed one
+    finally:
+        listener.close()
+        await client.close()
+        await asyncio.to_thread(thread.join, 5)
+
+
+async def test_a_body_past_the_cap_aborts_the_exchange(serve: Callable[[Handler], Awaitable[RawServer]]) -> None:
+    cap = 64 * 1024
+    piece = b"x" * 16 * 1024
+
+    def sending(count: int, *, chunked: bool) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+            while await raw.next_request(reader):
+                if chunked:
+                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for _ in range(count):
+                        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        await writer.drain()
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(piece) * count))
+                    for _ in range(count):
+                        writer.write(piece)
+                        await writer.drain()
+
+        return handler
+
+    http = HttpClient(connect_timeout=1.0, max_response_bytes=cap)
+    try:
+        at_cap = await serve(sending(cap // len(piece), chunked=False))
+        assert await get(http, at_cap.url) == (200, "application/octet-stream", piece * (cap // len(piece)))
+        for chunked in (False, True):
+            raw = await serve(sending(1024, chunked=chunked))  # 16 MiB offered
+            with pytest.raises(ResponseTooLargeError):
+                await get(http, raw.url)
+            async with asyncio.timeout(2):
+                await raw.closed_by_client.wait()  # aborted: the server stopped being read
+        assert http.idle_connections == 1  # only the connection that answered within the cap
+    finally:
+        await http.close()
+
+
+async def test_a_streamed_body_is_not_capped_by_the_whole_body_limit(
+    serve: Callable[[Handler], Awaitable[RawServer]]
+) -> None:
+    piece = bytes(range(256)) * 256  # 64 KiB
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: RawServer) -> None:
+        await raw.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(piece) * 64))
+        for _ in range(64):
+            writer.write(piece)
+            await writer.drain()
+
+    raw = await serve(flood)
+    http = HttpClient(connect_timeout=1.0, max_response_bytes=1024 * 1024)
+    try:
+        resp = await http.request(Origin.from_url(raw.url), b"GET", b"/", b"", b"", first_byte_timeout=1.0,
+                                  total_timeout=10.0)
+        received = 0
+        while chunk := await resp.read_chunk():
+            received += len(chunk)
+        assert received == len(piece) * 64  # 4 MiB through a 1 MiB cap: flow control bounds the backlog
+    finally:
+        await http.close()
