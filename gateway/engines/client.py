@@ -1,18 +1,22 @@
 """Forward one request to an engine replica: replica choice, retries, timeouts, streaming.
 
-Retry rule: only failures before the engine saw the request are retried, on another replica.
+Retry rule: a request is retried, on another replica, only when the engine provably did not receive it,
+that is when no connection could be made:
 - connect failed (refused, DNS, TLS): the replica is marked unhealthy and excluded; a connect *timeout*,
   or a failure that was this process's own (out of file descriptors), excludes it for this request only
-  (see `_Retry`);
-- a connection closed before any response byte (`ClosedBeforeResponseError`): that is routine when the
-  engine closed an idle keep-alive connection at the same moment, so the same replica gets one more try
-  on a fresh connection; a second such failure marks it unhealthy and excludes it.
-Nothing is retried once response bytes arrived, nor after the first-byte timeout (the engine may be busy
-generating: a retry would double the load).
+  (see `_Retry`).
+A pooled connection the engine had already closed is not a failure at all: `HttpClient` finds it at
+checkout and takes another before writing anything. Everything after the request was written is final:
+a connection closed or reset before any response byte (the engine may have crashed *on this request*,
+and would crash again elsewhere) answers `EngineStreamBrokenError` (502, `engine_disconnected`) without
+marking the replica down, since one request's failure is no verdict on the replica for everyone (the
+pool is asked for an early health check instead); nor is anything retried after the first-byte timeout
+(the engine may be busy generating: a retry would double the load) or once response bytes arrived.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,24 +25,29 @@ import msgspec
 
 from gateway.engines.errors import (
     EngineBadResponseError,
+    EngineStreamBrokenError,
     EngineTimeoutError,
     EngineUnavailableError,
 )
 from gateway.engines.http1 import (
     ClosedBeforeResponseError,
     ConnectError,
+    ConnectionLostError,
     ConnectTimeoutError,
     HttpClient,
     HttpError,
     HttpResponse,
     encode_headers,
 )
+from gateway.engines.normalize import redact
 from gateway.engines.pool import EnginePool
 from gateway.engines.replica import Purpose, Replica
 from gateway.engines.stream import EngineStream, map_body_error
 from gateway.engines.timeouts import EngineTimeouts
 
 __all__ = ["EngineClient", "EngineReply"]
+
+logger = logging.getLogger(__name__)
 
 _JSON = b"Content-Type: application/json\r\n"
 
@@ -63,7 +72,7 @@ class EngineReply:
 
 @dataclass(frozen=True, slots=True)
 class _Retry:
-    """This attempt failed before the engine saw the request: try again (`exclude`: elsewhere).
+    """This attempt failed before the engine saw the request: try again on another replica.
 
     `mark_down`: also take the replica out of rotation until a health check brings it back. A refused
     connection does; a connect *timeout* does not, since an overloaded but live engine (or gateway host)
@@ -71,7 +80,6 @@ class _Retry:
     """
 
     reason: str
-    exclude: bool
     mark_down: bool = True
 
 
@@ -104,7 +112,14 @@ class EngineClient:
         """Like `post`, but a 200 answer comes back as an `EngineStream` to be iterated and closed."""
         resp, replica = await self._send(model, purpose, path, body, headers)
         if resp.status == 200:
-            return EngineStream(resp, replica, self._timeouts.total)
+            if resp.is_event_stream:
+                return EngineStream(resp, replica, self._timeouts.total)
+            replica.in_flight -= 1
+            resp.abort()  # nothing of it is read: relaying it raw would corrupt the client's event stream
+            logger.warning(
+                "engine %s answered a stream with Content-Type %s", replica.display_url, redact(resp.content_type, 80)
+            )
+            raise EngineBadResponseError("The engine answered a streaming request with something that is not a stream.")
         return await _read_reply(resp, replica, self._timeouts)
 
     async def _send(
@@ -122,9 +137,7 @@ class EngineClient:
         target = path.encode("ascii")
         timeouts = self._timeouts
         excluded: list[Replica] = []
-        suspect: list[Replica] = []
         last_reason = ""
-        fresh = False
         while True:
             try:
                 replica = self._pool.choose(model, purpose, excluded)
@@ -139,7 +152,7 @@ class EngineClient:
             try:
                 resp = await self._http.request(
                     replica.origin, b"POST", target, header_block, body,
-                    first_byte_timeout=timeouts.first_byte, total_timeout=timeouts.total, fresh=fresh,
+                    first_byte_timeout=timeouts.first_byte, total_timeout=timeouts.total,
                 )
             except BaseException as exc:
                 replica.in_flight -= 1
@@ -147,15 +160,13 @@ class EngineClient:
                 if mapped is exc:
                     raise
                 if not isinstance(mapped, _Retry):
+                    if isinstance(mapped, EngineStreamBrokenError):
+                        self._pool.check_soon(replica)  # it may have crashed: let a health check find out
                     raise mapped from exc
                 last_reason = mapped.reason
-                fresh = not mapped.exclude  # retrying here: not on another idle connection that may be as dead
-                if mapped.exclude or replica in suspect:
-                    if mapped.mark_down:
-                        self._pool.mark_unhealthy(replica, mapped.reason)
-                    excluded.append(replica)
-                else:
-                    suspect.append(replica)
+                if mapped.mark_down:
+                    self._pool.mark_unhealthy(replica, mapped.reason)
+                excluded.append(replica)
                 continue
             return resp, replica
 
@@ -163,11 +174,11 @@ class EngineClient:
 def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseException | _Retry:
     """The error to raise for a failure before response headers, or `_Retry`."""
     if isinstance(exc, ConnectError):  # a local shortage (say, no file descriptors left) is not the engine's fault
-        return _Retry(f"cannot connect: {exc.reason}", exclude=True, mark_down=not exc.local)
+        return _Retry(f"cannot connect: {exc.reason}", mark_down=not exc.local)
     if isinstance(exc, ConnectTimeoutError):
-        return _Retry(f"connect timed out after {timeouts.connect:g} s", exclude=True, mark_down=False)
-    if isinstance(exc, ClosedBeforeResponseError):
-        return _Retry("connection closed before the response", exclude=False)
+        return _Retry(f"connect timed out after {timeouts.connect:g} s", mark_down=False)
+    if isinstance(exc, (ClosedBeforeResponseError, ConnectionLostError)):  # after the request was written: final
+        return EngineStreamBrokenError("The connection to the engine was lost before its answer arrived.")
     if isinstance(exc, TimeoutError):
         return EngineTimeoutError(f"The engine did not answer within {timeouts.first_byte:g} s.")
     if isinstance(exc, HttpError):

@@ -7,7 +7,7 @@ Hierarchy::
     ├── EngineUnavailableError       model known, no healthy replica left     (engine_unavailable)
     ├── EngineTimeoutError           connect / first-byte / total timeout     (engine_timeout)
     └── EngineBadResponseError       garbage, protocol error                  (engine_bad_response)
-        └── EngineStreamBrokenError  connection lost in the middle of a body  (engine_disconnected)
+        └── EngineStreamBrokenError  connection lost after the request was sent (engine_disconnected)
 
 No HTTP statuses here: `gateway/errors.py` maps these to responses. Messages never carry an engine
 URL's credentials (see `Replica.display_url`).
@@ -70,6 +70,7 @@ class EngineBadResponseError(EngineError):
 
 
 class EngineStreamBrokenError(EngineBadResponseError):
-    """The connection was lost (or the body truncated) after the response began."""
+    """The connection was lost (or the body truncated) after the request was sent: before the answer or
+    in the middle of it. Never retried: the engine may have received the request."""
 
     code: ClassVar[str] = "engine_disconnected"

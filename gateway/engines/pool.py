@@ -37,6 +37,10 @@ class EnginePool:
     `mark_unhealthy`) is probed sooner, `recheck_initial` seconds later and then with the delay doubling
     up to `health_interval`: a restarted engine is back in rotation within about that delay, while a
     replica that stays down costs one cheap probe per interval. Requests never go to it in between.
+
+    A probe that fails for the gateway's own want of resources (`ConnectError.local`: out of file
+    descriptors, buffers or memory) says nothing about the replica: its state is kept, one line is logged
+    for the whole episode, and it is probed again `recheck_initial` seconds later.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class EnginePool:
         self._replicas = self._by_purpose["generate"] + self._by_purpose["embed"]
         self._rr = 0
         self._task: asyncio.Task[None] | None = None
+        self._local_trouble: set[Replica] = set()  # replicas whose last probe failed for a local reason
 
     @property
     def replicas(self) -> tuple[Replica, ...]:
@@ -112,13 +117,18 @@ class EnginePool:
         try:
             await self._probe(replica, "/health")
             cards = _parse_model_list(await self._probe(replica, "/v1/models"))
+        except ConnectError as exc:
+            if not exc.local:
+                self._failed(replica, was_healthy, exc)
+            else:
+                self._local_failure(replica, exc)
         except (HttpError, TimeoutError, _ProbeError) as exc:
-            replica.healthy = False
-            replica.last_error = _describe(exc)
-            replica.failures += 1
-            if was_healthy:
-                logger.warning("engine %s is unhealthy: %s", replica.display_url, replica.last_error)
+            self._failed(replica, was_healthy, exc)
         else:
+            if replica in self._local_trouble:
+                self._local_trouble.discard(replica)
+                if not self._local_trouble:
+                    logger.info("engines can be probed again")
             replica.model_cards = cards
             replica.healthy = True
             replica.last_error = None
@@ -127,7 +137,24 @@ class EnginePool:
                 logger.info("engine %s is healthy, serving %s", replica.display_url, sorted(cards))
         finally:
             replica.last_check = time.time()
-            replica.next_check = asyncio.get_running_loop().time() + self._next_delay(replica)
+            delay = self._recheck_initial if replica in self._local_trouble else self._next_delay(replica)
+            replica.next_check = asyncio.get_running_loop().time() + delay
+
+    def _failed(self, replica: Replica, was_healthy: bool, exc: BaseException) -> None:
+        self._local_trouble.discard(replica)
+        replica.healthy = False
+        replica.last_error = _describe(exc)
+        replica.failures += 1
+        if was_healthy:
+            logger.warning("engine %s is unhealthy: %s", replica.display_url, replica.last_error)
+
+    def _local_failure(self, replica: Replica, exc: ConnectError) -> None:
+        """The probe could not even start for want of local resources: the replica keeps its state."""
+        if not self._local_trouble:
+            logger.warning(
+                "cannot probe engines: %s (a shortage in this process; engines keep their health state)", exc.reason
+            )
+        self._local_trouble.add(replica)
 
     def _next_delay(self, replica: Replica) -> float:
         if replica.healthy:
@@ -142,7 +169,7 @@ class EnginePool:
                 resp = await self._http.request(
                     replica.origin, b"GET", target, b"", b"", first_byte_timeout=timeout, total_timeout=timeout
                 )
-            except ClosedBeforeResponseError:  # an idle keep-alive connection the engine had closed: once more
+            except ClosedBeforeResponseError:  # closed as the probe was written: a GET can safely go once more
                 resp = await self._http.request(
                     replica.origin, b"GET", target, b"", b"", first_byte_timeout=timeout, total_timeout=timeout,
                     fresh=True,
@@ -151,6 +178,17 @@ class EnginePool:
         if resp.status != 200:
             raise _ProbeError(f"GET {path} answered HTTP {resp.status}")
         return body
+
+    def check_soon(self, replica: Replica) -> None:
+        """Probe `replica` within `recheck_initial` seconds, without changing its state now.
+
+        For a request that failed in a way that may or may not be the replica's (the engine closed the
+        connection on it): the health check decides, not the one request.
+        """
+        due = asyncio.get_running_loop().time() + self._recheck_initial
+        if replica.next_check > due:
+            replica.next_check = due
+            self._wake.set()
 
     def mark_unhealthy(self, replica: Replica, reason: str) -> None:
         """Take a replica out of rotation until a health check finds it well again (soon: see the class)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from gateway.engines.errors import EngineBadResponseError, EngineStreamBrokenError, EngineTimeoutError
-from gateway.engines.http1 import HttpError, HttpResponse, InvalidResponseError
+from gateway.engines.http1 import HttpError, HttpResponse, InvalidResponseError, ResponseTooLargeError
 from gateway.engines.replica import Replica
 
 __all__ = ["EngineStream"]
@@ -96,6 +96,8 @@ def map_body_error(exc: BaseException, total_timeout: float) -> BaseException:
     """
     if isinstance(exc, TimeoutError):
         return EngineTimeoutError(f"The engine did not finish within {total_timeout:g} s.")
+    if isinstance(exc, ResponseTooLargeError):
+        return EngineBadResponseError("The engine's answer was larger than the gateway accepts.")
     if isinstance(exc, InvalidResponseError):
         return EngineBadResponseError(f"The engine sent an invalid response body ({str(exc)[:200]}).")
     if isinstance(exc, HttpError):

@@ -202,20 +202,73 @@ async def test_unknown_model(http: HttpClient, servers: list[FakeVLLM]) -> None:
     assert servers[0].request_count + servers[1].request_count == 0
 
 
-async def test_dead_keepalive_connection_is_retried(http: HttpClient, servers: list[FakeVLLM]) -> None:
+async def test_an_engine_closing_after_the_request_is_a_502_sent_once(
+    http: HttpClient, servers: list[FakeVLLM]
+) -> None:
+    """The engine read the POST and closed the connection (it may have crashed on it): never resent, to it or
+    to another replica, and no replica is marked down for it; the pool only checks that one again soon."""
     client, pool = await make_client(http, servers)
-    await servers[1].stop()
-    await pool.refresh()
-    servers[0].faults.drop_requests = 1  # closed before any response byte, once
-    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
-    assert reply.status == 200
-    assert health(pool) == [True, False, True]
-    assert servers[0].request_count == 2
-    servers[0].faults.drop_requests = 2  # twice in a row: that replica is given up
-    with pytest.raises(EngineUnavailableError):
-        await client.post("fake-chat", "generate", CHAT, chat_body())
-    assert health(pool) == [False, False, True]
+    for fake in servers[:2]:
+        fake.faults.drop_requests = 2
+    loop = asyncio.get_running_loop()
+    for attempt in range(2):
+        sending = (
+            client.post("fake-chat", "generate", CHAT, chat_body()) if attempt == 0
+            else client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+        )
+        with pytest.raises(EngineStreamBrokenError) as exc_info:
+            await sending
+        assert exc_info.value.code == "engine_disconnected"
+        assert servers[0].request_count + servers[1].request_count == attempt + 1  # one POST, to one replica
+        assert health(pool) == [True, True, True]
+        assert min(r.next_check for r in pool.replicas[:2]) <= loop.time() + 0.25  # an early health check
+        assert in_flight(pool) == [0, 0, 0]
+    for fake in servers[:2]:
+        fake.faults.drop_requests = 0
+    assert (await client.post("fake-chat", "generate", CHAT, chat_body())).status == 200
+
+
+async def test_a_200_stream_that_is_not_an_event_stream_is_a_bad_response(
+    http: HttpClient, servers: list[FakeVLLM]
+) -> None:
+    client, pool = await make_client(http, servers)
+    for fake in servers[:2]:
+        fake.faults.status = 200
+        fake.faults.content_type = "text/html"
+        fake.faults.body = b"<html>internal proxy page at 10.0.0.7</html>" * 1000
+    with pytest.raises(EngineBadResponseError) as exc_info:
+        await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+    assert exc_info.value.code == "engine_bad_response"
+    assert "html" not in exc_info.value.message and "10.0.0.7" not in exc_info.value.message
     assert in_flight(pool) == [0, 0, 0]
+    assert health(pool) == [True, True, True]
+    for fake in servers[:2]:
+        fake.faults.content_type = "text/event-stream"
+    stream = await open_ok_stream(client, chat_body(stream=True))  # the media type is all that is checked
+    await stream.aclose()
+
+
+async def test_an_answer_past_the_size_cap_is_a_bad_response(servers: list[FakeVLLM]) -> None:
+    http = HttpClient(connect_timeout=TIMEOUTS.connect, max_response_bytes=64 * 1024)
+    try:
+        client, pool = await make_client(http, servers)
+        for fake in servers[:2]:
+            fake.faults.status = 200
+            fake.faults.body = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
+        with pytest.raises(EngineBadResponseError) as exc_info:
+            await client.post("fake-chat", "generate", CHAT, chat_body())
+        assert exc_info.value.code == "engine_bad_response"
+        assert "larger than the gateway accepts" in exc_info.value.message
+        assert servers[0].request_count + servers[1].request_count == 1
+        assert in_flight(pool) == [0, 0, 0]
+        for fake in servers[:2]:
+            fake.faults.status = 500  # an error answer is read whole too
+        with pytest.raises(EngineBadResponseError):
+            await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+        assert in_flight(pool) == [0, 0, 0]
+        assert health(pool) == [True, True, True]
+    finally:
+        await http.close()
 
 
 async def test_first_byte_timeout(http: HttpClient, servers: list[FakeVLLM]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -176,6 +178,41 @@ async def test_down_replica_is_probed_with_backoff_not_every_interval(
         assert pool.replicas[1].failures == 0 and pool.replicas[1].next_check - loop.time() > 50
     finally:
         await pool.stop()
+
+
+async def test_probes_the_gateway_cannot_make_leave_every_replica_as_it_was(
+    servers: list[FakeVLLM], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of file descriptors is this process's trouble: no replica changes state, one line is logged for the
+    whole episode, and the probes come again soon."""
+    http = HttpClient(connect_timeout=TIMEOUTS.connect, max_idle_per_origin=0)  # every probe connects anew
+    try:
+        pool = make_pool(http, servers)
+        await servers[1].stop()
+        await pool.refresh()
+        assert health(pool) == [True, False, True]
+        before = [(r.failures, r.last_error) for r in pool.replicas]
+        loop = asyncio.get_running_loop()
+
+        async def no_descriptors(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(loop, "create_connection", no_descriptors)
+        with caplog.at_level(logging.INFO, logger="gateway.engines.pool"):
+            await pool.refresh()
+            await pool.refresh()
+            assert health(pool) == [True, False, True]
+            assert [(r.failures, r.last_error) for r in pool.replicas] == before
+            assert all(r.next_check <= loop.time() + 0.25 for r in pool.replicas)  # soon, not in 5 s
+            monkeypatch.undo()
+            await pool.refresh()
+        assert health(pool) == [True, False, True]
+        assert [r.getMessage() for r in caplog.records] == [
+            "cannot probe engines: Too many open files (a shortage in this process; engines keep their health state)",
+            "engines can be probed again",
+        ]
+    finally:
+        await http.close()
 
 
 async def test_readiness_without_replicas_or_purpose(http: HttpClient, servers: list[FakeVLLM]) -> None:
