@@ -15,7 +15,6 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway import __version__
@@ -24,6 +23,7 @@ from gateway.auth.keys import digest
 from gateway.auth.service import Authenticator
 from gateway.db.migrations import upgrade
 from gateway.db.pool import open_pool
+from gateway.docs_page import OfflineSwaggerPlugin, assets_router, docs_router
 from gateway.engines.client import EngineClient
 from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
@@ -133,7 +133,7 @@ def create_litestar(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             *inference.ROUTES, *models.ROUTES, *usage.ROUTES, *health.ROUTES,
-            keys.TenantKeysController, admin.AdminController,
+            keys.TenantKeysController, admin.AdminController, assets_router(),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -142,8 +142,8 @@ def create_litestar(settings: Settings) -> Litestar:
             title="tenantgate",
             version=__version__,
             description="Multi-tenant, OpenAI-compatible gateway over vLLM.",
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin()],
+            openapi_router=docs_router(),
+            render_plugins=[OfflineSwaggerPlugin()],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API key")}
             ),
@@ -153,8 +153,14 @@ def create_litestar(settings: Settings) -> Litestar:
     )
 
 
+# How much of a body may be read and discarded after an early answer (say a 413), beyond the body limit: enough
+# for a client that sends its whole body before reading (urllib) to read the answer, not a connection reset.
+DRAIN_PAST_LIMIT = 16 * 1024 * 1024
+
+
 def create_app(settings: Settings) -> RequestContextMiddleware:
     """The ASGI app to serve: Litestar wrapped in the request-context layer."""
     return RequestContextMiddleware(
-        create_litestar(settings), body_read_timeout=settings.body_read_timeout, direct=inference.DIRECT
+        create_litestar(settings), body_read_timeout=settings.body_read_timeout,
+        drain_limit=settings.max_body_bytes + DRAIN_PAST_LIMIT, direct=inference.DIRECT,
     )

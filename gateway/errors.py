@@ -20,7 +20,7 @@ Only 5xx answers are logged (with the traceback for unexpected ones); a 500 neve
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -117,11 +117,15 @@ class UnsupportedMediaTypeError(ApiError):
 
 @dataclass(frozen=True, slots=True)
 class ErrorBody:
+    """One error answer: status, OpenAI's four fields, and the headers that go with it (``Allow`` on a 405,
+    ``Retry-After`` on a 503), decided here and sent alike by every path."""
+
     status: int
     message: str
     type: str
     param: str | None = None
     code: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def to_bytes(self) -> bytes:
         return encode_error(self.message, self.type, self.param, self.code)
@@ -151,8 +155,18 @@ _DOMAIN: dict[type[Exception], tuple[int, str]] = {
 }
 
 
+RETRY_AFTER = ("retry-after", "1")
+
+
 def error_body_for(exc: BaseException, request: Request[Any, Any, Any] | None = None) -> ErrorBody:
     """The OpenAI error for any exception; unknown ones become a 500 that reveals nothing."""
+    body = _error_body(exc, request)
+    if body.status == 503 and not any(name == "retry-after" for name, _ in body.headers):
+        return replace(body, headers=(*body.headers, RETRY_AFTER))
+    return body
+
+
+def _error_body(exc: BaseException, request: Request[Any, Any, Any] | None) -> ErrorBody:
     if isinstance(exc, ApiError):
         return ErrorBody(exc.status, exc.message, exc.type, exc.param, exc.code)
     for cls in type(exc).__mro__:
@@ -173,8 +187,10 @@ def _litestar_error(exc: HTTPException, request: Request[Any, Any, Any] | None) 
     where = f"{request.method} {request.url.path}" if request is not None else ""
     if isinstance(exc, NotFoundException):
         return ErrorBody(404, f"Invalid URL ({where})", "invalid_request_error", None, "unknown_url")
-    if isinstance(exc, MethodNotAllowedException):
-        return ErrorBody(405, f"Method not allowed ({where})", "invalid_request_error", None, "method_not_allowed")
+    if isinstance(exc, MethodNotAllowedException):  # Litestar names the route's methods in its Allow header
+        allow = tuple((k.lower(), v) for k, v in (exc.headers or {}).items() if k.lower() == "allow")
+        return ErrorBody(405, f"Method not allowed ({where})", "invalid_request_error", None, "method_not_allowed",
+                         allow)
     if isinstance(exc, RequestEntityTooLarge):
         return ErrorBody(413, "Request body is larger than the configured limit", "invalid_request_error",
                          None, "payload_too_large")
@@ -215,8 +231,8 @@ def answer_error(
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Litestar's exception handler for everything."""
     body = answer_error(exc, request.method, request.url.path, request)
-    headers = {"retry-after": "1"} if body.status == 503 else None
-    return Response(content=body.to_bytes(), status_code=body.status, media_type=MediaType.JSON, headers=headers)
+    return Response(content=body.to_bytes(), status_code=body.status, media_type=MediaType.JSON,
+                    headers=dict(body.headers) or None)
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {Exception: exception_to_response}

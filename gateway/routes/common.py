@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.principal import Principal
-from gateway.errors import ClientDisconnectedError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.errors import ClientDisconnectedError, ErrorBody, PayloadTooLargeError, UnsupportedMediaTypeError
 from gateway.services.container import Services
 from gateway.services.inference import JsonReply, StreamReply
 
@@ -170,7 +170,6 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _JSON_TYPE = (b"content-type", b"application/json")
-_RETRY_AFTER = (b"retry-after", b"1")
 
 
 class JsonBytesResponse:
@@ -183,12 +182,16 @@ class JsonBytesResponse:
 
     __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.status = status
         self.body = body
         self.headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode("ascii"))]
-        if status == 503:
-            self.headers.append(_RETRY_AFTER)
+        for name, value in headers:
+            self.headers.append((name.encode("latin-1"), value.encode("latin-1")))
+
+    @classmethod
+    def error(cls, body: ErrorBody) -> JsonBytesResponse:
+        return cls(body.status, body.to_bytes(), body.headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})

@@ -60,8 +60,7 @@ class InferenceApp(Generic[R]):
         try:
             app = await self._handle(scope, receive)
         except Exception as exc:
-            body = answer_error(exc, cast("HTTPScope", scope)["method"], scope["path"])
-            app = JsonBytesResponse(body.status, body.to_bytes())
+            app = JsonBytesResponse.error(answer_error(exc, cast("HTTPScope", scope)["method"], scope["path"]))
         await app(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive) -> ASGIApp:

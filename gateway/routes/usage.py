@@ -37,7 +37,14 @@ class PlatformUsageList(msgspec.Struct, frozen=True):
 def date_range(start: date | None, end: date | None) -> tuple[date, date]:
     """Default: the last 30 days up to today (UTC); at most 366 days."""
     end = end or datetime.now(UTC).date()
-    start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+    if start is None:
+        try:
+            start = end - timedelta(days=DEFAULT_DAYS - 1)
+        except OverflowError:  # the default range would begin before 0001-01-01
+            raise InvalidRequestError(
+                f"'end' is too early: the default range is the {DEFAULT_DAYS} days up to 'end'; give 'start' too.",
+                param="end", code="invalid_date_range",
+            ) from None
     if end < start:
         raise InvalidRequestError("'end' is before 'start'.", param="end", code="invalid_date_range")
     if (end - start).days >= MAX_DAYS:

@@ -152,3 +152,114 @@ async def test_bad_usage_query_parameters(gateway: Gateway, tenant: TenantKeys) 
         reversed_range = {"start": "2026-02-01", "end": "2026-01-01"}
         assert_openai_error(await http.get("/v1/usage", params=reversed_range), 400, "end")
         assert_openai_error(await http.get("/v1/usage", params={"start": "2020-01-01", "end": "2026-01-01"}), 400)
+
+
+@pytest.mark.parametrize(("path", "end"), [("/v1/usage", "0001-01-10"), ("/admin/usage", "0001-01-01")])
+async def test_usage_range_before_the_calendar_begins_is_400(
+    gateway: Gateway, tenant: TenantKeys, path: str, end: str
+) -> None:
+    http = gateway.http(tenant.admin_key) if path.startswith("/v1") else gateway.admin()
+    async with http:
+        assert_openai_error(await http.get(path, params={"end": end}), 400, "end")
+        ok = await http.get(path, params={"start": "0001-01-01", "end": end})
+        assert ok.status_code == 200, ok.text
+
+
+TWO_KEYS = [("authorization", "Bearer sk-tg-AAAAAAAAAAAA-" + "a" * 40), ("authorization", "Bearer x")]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", CHAT), ("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("GET", "/v1/keys"),
+     ("GET", "/admin/tenants"), ("GET", "/v1/usage")],
+)
+async def test_two_authorization_headers_are_400_everywhere(
+    gateway: Gateway, tenant: TenantKeys, method: str, path: str
+) -> None:
+    for keys in ([tenant.admin_key, tenant.user_key], [tenant.user_key, tenant.admin_key]):
+        headers = [("authorization", f"Bearer {key}") for key in keys]
+        async with gateway.http() as http:
+            resp = await http.request(method, path, json=GOOD if method == "POST" else None, headers=headers)
+        error = assert_openai_error(resp, 400, "authorization")
+        assert error["code"] == "duplicate_header"
+        assert tenant.user_key not in resp.text and tenant.admin_key not in resp.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models", "/docs/openapi.json"])
+async def test_head_works_wherever_get_does(gateway: Gateway, tenant: TenantKeys, path: str) -> None:
+    async with gateway.http(tenant.user_key) as http:
+        got = await http.get(path)
+        head = await http.head(path)
+    assert head.status_code == got.status_code
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", CHAT, {"POST"}), ("PUT", "/v1/models", {"GET"}), ("DELETE", "/healthz", {"GET"}),
+     ("HEAD", "/v1/embeddings", {"POST"})],
+)
+async def test_every_405_names_the_allowed_methods(
+    gateway: Gateway, tenant: TenantKeys, method: str, path: str, allowed: set[str]
+) -> None:
+    async with gateway.http(tenant.user_key) as http:
+        resp = await http.request(method, path)
+    assert resp.status_code == 405
+    if method != "HEAD":
+        assert_openai_error(resp, 405)
+    allow = {m.strip() for m in resp.headers["allow"].split(",")}
+    assert allowed <= allow, allow
+    assert "DELETE" not in allow or method != "DELETE"
+
+
+async def test_an_oversized_body_sent_by_urllib_reads_the_413(gateway: Gateway, tenant: TenantKeys) -> None:
+    import urllib.error
+    import urllib.request
+
+    # Past the limit (64 KiB here) and past what the sockets buffer, so urllib is still sending when the
+    # gateway answers: before the fix it saw a broken pipe or a connection reset instead of the answer.
+    body = b'{"model": "x", "prompt": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+
+    def post(path: str, key: str | None) -> tuple[int, bytes]:
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(gateway.url + path, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    for path, key, status in [("/v1/completions", tenant.user_key, 413), ("/v1/completions", None, 401),
+                              ("/admin/tenants", None, 401)]:
+        for _ in range(5):
+            got, answer = await asyncio.to_thread(post, path, key)
+            assert got == status, answer
+            assert b'"error"' in answer
+
+
+async def test_docs_page_renders_offline_with_a_content_security_policy(gateway: Gateway) -> None:
+    import re
+
+    async with gateway.http() as http:
+        page = await http.get("/docs")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp.split(
+            "script-src")[1].split(";")[0]
+        html = page.text
+        assert "http://" not in html and "https://" not in html, "the page must not load anything from elsewhere"
+        assert "<script>" not in html, "no inline script: the policy allows none"
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert len(assets) >= 4
+        for asset in assets:
+            resp = await http.get(asset)
+            assert resp.status_code == 200, asset
+            assert len(resp.content) > 100, asset
+        start = await http.get("/docs/start.js")
+        assert "/docs/openapi.json" in start.text
+        assert (await http.get("/docs/openapi.json")).json()["info"]["title"] == "tenantgate"
