@@ -150,6 +150,7 @@ def create_litestar(settings: Settings) -> Litestar:
             security=[{"bearer": []}],
         ),
         debug=False,
+        logging_config=None,  # Litestar's default would replace the root handler configure_logging installed
     )
 
 

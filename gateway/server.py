@@ -1,33 +1,68 @@
 """Run the gateway under a production ASGI server: uvicorn (default, measured faster here) or Granian.
 
 Both drain in-flight requests on SIGTERM/SIGINT before the app's shutdown flushes the usage meter.
+Every worker runs with exactly the settings this process resolved (environment, ``--config`` file,
+command-line flags, the embedded database's URL): they travel to the workers as one JSON document in
+:data:`WORKER_SETTINGS_VARIABLE`, which is not a ``TENANTGATE_*`` name (those are settings) and, like the
+environment it lives in, is readable only by this user. Logging is ours alone: neither server installs
+its own handlers, so every line follows ``TENANTGATE_LOG_FORMAT`` with secrets redacted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
-from gateway.settings import Settings
+import msgspec
+
+from gateway.fd_limit import raise_fd_limit
+from gateway.settings import Settings, SettingsError
 
 FACTORY = "gateway.asgi:create"
+WORKER_SETTINGS_VARIABLE = "_TENANTGATE_WORKER_SETTINGS"
+PROTOCOL = "gateway.http_protocol:BoundedHttpToolsProtocol"
+
+log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, database_url: str) -> None:
-    """Serve until stopped. Workers read their settings from the environment, so pass the URL there."""
-    os.environ["TENANTGATE_DATABASE_URL"] = database_url
-    # `tenantgate up` and `--engine-url` decide the engines in this process: the workers must see them too.
-    os.environ["TENANTGATE_ENGINE_URLS"] = ",".join(settings.engine_urls)
-    os.environ["TENANTGATE_EMBEDDING_URLS"] = ",".join(settings.embedding_urls)
-    if settings.server == "uvicorn":
-        _serve_uvicorn(settings)
-    else:
-        _serve_granian(settings)
+    """Serve until stopped, with ``settings`` (and ``database_url``) in every worker."""
+    resolved = msgspec.structs.replace(settings, database_url=database_url)
+    # Each connection costs a descriptor, and each proxied request one more toward its engine.
+    raise_fd_limit(2 * settings.max_connections + 256)
+    os.environ[WORKER_SETTINGS_VARIABLE] = msgspec.json.encode(resolved).decode()
+    try:
+        if settings.server == "uvicorn":
+            _serve_uvicorn(resolved)
+        else:
+            _serve_granian(resolved)
+    finally:
+        os.environ.pop(WORKER_SETTINGS_VARIABLE, None)
+
+
+def worker_settings() -> Settings | None:
+    """In a worker: the settings ``serve`` resolved, or None when not started by ``serve``."""
+    raw = os.environ.get(WORKER_SETTINGS_VARIABLE)
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=Settings)
+    except msgspec.ValidationError as exc:  # only if the variable was tampered with
+        raise SettingsError(f"{WORKER_SETTINGS_VARIABLE}: not the settings `tenantgate serve` wrote") from exc
 
 
 def _serve_granian(settings: Settings) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
+    # Granian (hyper) bounds the head by its read buffer (431 past it) and its read time; it has no
+    # separate keep-alive timeout (the header timeout covers the wait for the next request) and no
+    # connection cap.
+    http1 = HTTP1Settings(
+        header_read_timeout=max(1, int(settings.header_read_timeout * 1000)),
+        max_buffer_size=max(8192, settings.max_header_bytes),
+    )
     Granian(
         FACTORY,
         factory=True,
@@ -36,6 +71,7 @@ def _serve_granian(settings: Settings) -> None:
         interface=Interfaces.ASGI,
         workers=settings.workers,
         loop=Loops.uvloop,
+        http1_settings=http1,
         log_enabled=False,  # our JSON logging (configured by the CLI and each worker) takes Granian's records
         log_access=False,
         backlog=2048,
@@ -48,27 +84,42 @@ def _serve_uvicorn(settings: Settings) -> None:
     import signal
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from gateway.http_protocol import BoundedConfig, ConnectionLimits
 
     # uvicorn re-raises the stop signal once it has drained; with SIGTERM's default action that would kill
     # this process before the embedded Postgres is stopped. Once uvicorn is done, a SIGTERM is handled.
     signal.signal(signal.SIGTERM, lambda *_: None)
 
-    uvicorn.run(
+    config = BoundedConfig(
         FACTORY,
+        limits=ConnectionLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_read_timeout=settings.header_read_timeout,
+            max_connections=settings.max_connections,
+        ),
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools" if _has("httptools") else "h11",
+        http=PROTOCOL,
         access_log=False,
+        log_config=None,  # uvicorn's records go to the handler configure_logging installed
         lifespan="on",
+        timeout_keep_alive=settings.keep_alive_timeout,  # declared int; a float works (call_later)
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         log_level=settings.log_level,
     )
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+    # What uvicorn.run does with its own config: one server in this process, or a supervisor of workers.
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app or its lifespan failed (logged)

@@ -56,6 +56,7 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict
     "asctime",
     "taskName",
     "request_id",
+    "color_message",  # uvicorn's copy of the message with terminal colours
 }
 _CORE_KEYS = frozenset({"ts", "level", "logger", "message", "request_id", "exception", "stack"})
 

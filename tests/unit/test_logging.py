@@ -62,6 +62,14 @@ def test_json_shape(capture: tuple[logging.Logger, io.StringIO]) -> None:
     assert "exception" not in line
 
 
+def test_uvicorns_coloured_copy_of_the_message_is_left_out(capture: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, buffer = capture
+    logger.info("Uvicorn running on %s", "http://x", extra={"color_message": "Uvicorn running on \x1b[1m%s\x1b[0m"})
+    [line] = lines(buffer)
+    assert line["message"] == "Uvicorn running on http://x"
+    assert "color_message" not in line
+
+
 def test_request_id_inside_context_only(capture: tuple[logging.Logger, io.StringIO]) -> None:
     logger, buffer = capture
     token = set_request_id("req_abc")
