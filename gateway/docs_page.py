@@ -1,21 +1,30 @@
 """``GET /docs``: the API reference page (Swagger UI), served whole from this installation.
 
 The page used to load its script, stylesheet and logo from a CDN at ``@latest`` without an integrity
-check, so it was blank without internet and ran whatever that CDN served. Swagger UI now comes from the
-``swagger-ui-bundle`` package (the build the connexion project maintains for Python servers) under
+check, so it was blank without internet and ran whatever that CDN served. Swagger UI 5 (which reads
+OpenAPI 3.1, as Litestar writes it) now comes from the ``swagger-ui-py`` package's static files under
 ``/docs/assets/``, the page's own start-up script is a file too (no inline script), and every response
 under ``/docs`` carries a content security policy that allows this origin only.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from litestar import Request, Router, get
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.static_files import create_static_files_router
-from swagger_ui_bundle import swagger_ui_path
+
+def _swagger_ui_dir() -> Path:
+    """Where ``swagger-ui-py`` keeps Swagger UI's files (found without importing the package and its templating)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the swagger-ui-py package is missing: reinstall tenantgate")
+    return Path(spec.origin).parent / "static"
+
 
 DOCS_PATH = "/docs"
 ASSETS_PATH = DOCS_PATH + "/assets"
@@ -82,5 +91,5 @@ def docs_router() -> Router:
 def assets_router() -> Router:
     """Swagger UI's files, as the package ships them."""
     return create_static_files_router(
-        ASSETS_PATH, directories=[str(swagger_ui_path)], include_in_schema=False, name="docs-assets"
+        ASSETS_PATH, directories=[str(_swagger_ui_dir())], include_in_schema=False, name="docs-assets"
     )
