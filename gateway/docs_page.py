@@ -18,6 +18,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.static_files import create_static_files_router
 
+
 def _swagger_ui_dir() -> Path:
     """Where ``swagger-ui-py`` keeps Swagger UI's files (found without importing the package and its templating)."""
     spec = importlib.util.find_spec("swagger_ui")
