@@ -79,7 +79,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     async with AsyncExitStack() as stack:
         try:
             await upgrade(settings.database_url)
-            db = await open_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+            db = await open_pool(
+                settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+                acquire_timeout=settings.db_pool_timeout,
+            )
         except Exception as exc:
             raise StartupError(f"TENANTGATE_DATABASE_URL: cannot use the database ({type(exc).__name__})") from exc
         stack.push_async_callback(db.close)

@@ -42,6 +42,7 @@ from gateway.auth.errors import (
     TenantNameTakenError,
     TenantNotFoundError,
 )
+from gateway.db.errors import DatabaseUnavailableError
 from gateway.engines.errors import (
     EngineBadResponseError,
     EngineError,
@@ -139,6 +140,7 @@ def encode_error(message: str, type_: str, param: str | None, code: str | None) 
 _DOMAIN: dict[type[Exception], tuple[int, str]] = {
     ModelNotServedError: (404, "invalid_request_error"),
     EngineUnavailableError: (503, "server_error"),
+    DatabaseUnavailableError: (503, "server_error"),
     EngineTimeoutError: (504, "server_error"),
     EngineBadResponseError: (502, "server_error"),
     EngineError: (502, "server_error"),
