@@ -52,8 +52,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this many seconds
     max_connections: int = 4096  # open client connections per worker; beyond it new ones are closed at once
     # Bounds checked on the raw body before it is decoded, so a body of millions of tiny items costs little.
-    max_body_containers: int = 100_000  # JSON arrays and objects in one body (`[` and `{` are counted)
-    max_body_items: int = 1_000_000  # JSON values in one body (`,` are counted: an upper bound of values - 1)
+    max_body_containers: int = 50_000  # JSON arrays and objects in one body (`[` and `{` are counted)
+    max_body_items: int = 250_000  # JSON values in one body (`,` are counted: an upper bound of values - 1)
     max_input_items: int = 2048  # entries of a `prompt` / `input` list, as OpenAI's embeddings API allows
 
     db_pool_timeout: float = 2.0  # seconds to wait for a database connection before answering 503

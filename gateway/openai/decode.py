@@ -28,8 +28,8 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 class BodyLimits:
     """What one JSON body may hold (settings ``max_body_containers``, ``max_body_items``, ``max_input_items``)."""
 
-    max_containers: int = 100_000
-    max_items: int = 1_000_000
+    max_containers: int = 50_000
+    max_items: int = 250_000
     max_input_items: int = 2048
 
 
@@ -140,6 +140,8 @@ def _check_text_or_tokens(raw: msgspec.Raw, param: str, max_items: int) -> int:
     else:
         first = data[1:].lstrip(_WHITESPACE)[:1]
         type_ = _FORMS.get(first[0], _TOKENS) if first and first != b"]" else _TOKENS
+        if type_ is not _TOKENS and _most_items(data, first) > max_items:
+            raise _too_many(param, max_items)
     try:
         value = msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
@@ -147,11 +149,22 @@ def _check_text_or_tokens(raw: msgspec.Raw, param: str, max_items: int) -> int:
     if isinstance(value, str):
         return 1
     if type_ is not _TOKENS and len(value) > max_items:
-        raise InvalidRequestError(
-            f"'{param}' holds {len(value)} items; at most {max_items} are allowed.", param=param,
-            code="too_many_items",
-        )
+        raise _too_many(param, max_items)
     return len(value)
+
+
+def _most_items(data: bytes, first: bytes) -> int:
+    """How many items a list of texts or of token-id lists can hold at most, counted without decoding it:
+    one ``[`` per token-id list (exact: token ids hold none), one unescaped ``"`` pair per text."""
+    if first == b"[":
+        return data.count(b"[") - 1
+    return (data.count(b'"') - data.count(b'\\"')) // 2
+
+
+def _too_many(param: str, max_items: int) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"'{param}' holds more than {max_items} items, the most allowed.", param=param, code="too_many_items"
+    )
 
 
 def _bad_forms(param: str) -> InvalidRequestError:

@@ -47,7 +47,7 @@ def test_limits_are_settings() -> None:
         decode_json_body(body, CompletionRequest, BodyLimits(max_containers=3))
     with pytest.raises(InvalidRequestError, match="JSON values"):
         decode_json_body(body, CompletionRequest, BodyLimits(max_items=2))
-    with pytest.raises(InvalidRequestError, match="at most 2 are allowed") as caught:
+    with pytest.raises(InvalidRequestError, match="more than 2 items") as caught:
         decode_completion(body, BodyLimits(max_input_items=2))
     assert caught.value.param == "prompt"
 
@@ -92,5 +92,5 @@ def test_embedding_input_must_not_be_empty_and_is_bounded() -> None:
     embed(b'["a", "b"]')
     with pytest.raises(InvalidRequestError, match="must not be empty"):
         embed(b"[]")
-    with pytest.raises(InvalidRequestError, match="at most 1 are allowed"):
+    with pytest.raises(InvalidRequestError, match="more than 1 items"):
         embed(b'["a", "b"]', BodyLimits(max_input_items=1))
