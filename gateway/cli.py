@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from gateway import __version__
 from gateway.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.cli")
 
 
 class CliError(Exception):
@@ -84,15 +86,18 @@ def prepare_database(settings: Settings, url: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     settings = _settings(args)
-    from gateway.server import serve
+    from gateway.server import PortInUseError, check_port_free, serve
     from observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        check_port_free(settings.host, settings.port)  # before the database starts
+    except PortInUseError as exc:
+        raise CliError(str(exc)) from None
     with database(settings) as url:
         prepare_database(settings, url)
         if not settings.engine_urls and not settings.embedding_urls:
-            print("warning: no TENANTGATE_ENGINE_URLS or TENANTGATE_EMBEDDING_URLS set; every model call will 404",
-                  file=sys.stderr)
+            log.warning("no TENANTGATE_ENGINE_URLS or TENANTGATE_EMBEDDING_URLS set; every model call will 404")
         serve(settings, url)
 
 
@@ -103,7 +108,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             settings, engine_urls=tuple(args.engine_url or ()), embedding_urls=tuple(args.embedding_url or ())
         )
     local = not settings.engine_urls and not settings.embedding_urls
-    from gateway.stack import engines_missing_message, run_up
+    from gateway.server import PortInUseError, check_port_free
+    from gateway.stack import AlreadyRunningError, engines_missing_message, hold_data_dir, run_up
     from observability.logging import configure_logging
 
     if local:
@@ -113,12 +119,16 @@ def cmd_up(args: argparse.Namespace) -> None:
     configure_logging(settings.log_level, settings.log_format)
     from gateway.local import EngineStartError, ModelPreparationError
 
-    with database(settings) as url:
-        prepare_database(settings, url)
-        try:
-            run_up(settings, url, local=local)
-        except (EngineStartError, ModelPreparationError) as exc:
-            raise CliError(str(exc)) from None
+    # The cheap checks first: a taken port or a second `up` would otherwise fail only after a minute of
+    # starting Postgres and both engines.
+    try:
+        with hold_data_dir(settings.data_path):
+            check_port_free(settings.host, settings.port)
+            with database(settings) as url:
+                prepare_database(settings, url)
+                run_up(settings, url, local=local)
+    except (AlreadyRunningError, PortInUseError, EngineStartError, ModelPreparationError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_engines_install(args: argparse.Namespace) -> None:

@@ -40,6 +40,26 @@ def serve(settings: Settings, database_url: str) -> None:
         os.environ.pop(WORKER_SETTINGS_VARIABLE, None)
 
 
+class PortInUseError(Exception):
+    """The gateway's address is taken; the message names the setting and the flag that change it."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` if ``host:port`` cannot be bound now (checked before slow start-up work)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind it
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another process uses it;"
+                " choose another port with TENANTGATE_PORT or --port (or the address with TENANTGATE_HOST / --host)"
+            ) from None
+
+
 def worker_settings() -> Settings | None:
     """In a worker: the settings ``serve`` resolved, or None when not started by ``serve``."""
     raw = os.environ.get(WORKER_SETTINGS_VARIABLE)

@@ -8,9 +8,12 @@ then Postgres.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import msgspec
 
@@ -20,6 +23,35 @@ from gateway.db.pool import open_pool
 from gateway.settings import Settings
 
 DEMO_TENANT = "demo"
+LOCK_FILE = "tenantgate-up.lock"
+
+
+class AlreadyRunningError(Exception):
+    """Another ``tenantgate up`` holds this data directory."""
+
+
+@contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``data_dir`` for one ``tenantgate up``; a second one is refused at once.
+
+    ``flock`` is released by the kernel when the process ends, however it ends, so no stale lock remains.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise AlreadyRunningError(
+                f"another `tenantgate up` (pid {holder}) is already running on the data directory {data_dir};"
+                " stop it first, or give this one its own TENANTGATE_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def say(message: str) -> None:

@@ -109,8 +109,12 @@ class EngineProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def spawn(self) -> None:
-        """Start the child process and return at once (see ``wait_ready``)."""
+    def spawn(self, *, die_with_parent: bool | None = None) -> None:
+        """Start the child process and return at once (see ``wait_ready``).
+
+        ``die_with_parent``: ask the kernel to SIGTERM the child when the spawning *thread* ends (the
+        default: only from the main thread, which lives as long as the process).
+        """
         if self._proc is not None:
             raise RuntimeError(f"engine {self.spec.name} was already started")
         if not _port_free(self.spec.host, self.spec.port):
@@ -133,7 +137,9 @@ class EngineProcess:
             **self.spec.env,
             TAG_VARIABLE: self.tag,
         }
-        if threading.current_thread() is threading.main_thread():
+        if die_with_parent is None:
+            die_with_parent = threading.current_thread() is threading.main_thread()
+        if die_with_parent:
             command = [self.python, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
         self._started_at = time.monotonic()
         try:
@@ -280,20 +286,32 @@ def run_engines(
     progress: Progress = print,
     python: str = sys.executable,
     stop_grace: float = 20.0,
+    restart_delay: float | None = 1.0,
 ) -> Iterator[Mapping[str, EngineProcess]]:
     """Start all engines concurrently, yield them by name once all are healthy, stop them all on exit.
 
-    Exiting the block by any route (an error, Ctrl-C, SIGTERM) stops every engine and its workers.
+    While inside, an engine that exits is reported at once and restarted, after ``restart_delay``
+    seconds doubling up to a minute while it keeps failing (see ``gateway.local.watch``; None: not
+    watched). Exiting the block by any route (an error, Ctrl-C, SIGTERM) stops every engine and its workers.
     """
+    from gateway.local.watch import EngineWatcher
+
     engines = [EngineProcess(spec, log_dir, python=python) for spec in specs]
+    watcher = None
     with _sigterm_as_exit():
         try:
             for engine in engines:
                 progress(f"{engine.spec.name}: starting {engine.spec.served_name} (log: {engine.log_path})")
                 engine.spawn()
             wait_all_ready(engines, timeout=timeout, progress=progress)
+            if restart_delay is not None:
+                watcher = EngineWatcher(engines, progress=progress, first_delay=restart_delay,
+                                        start_timeout=timeout)
+                watcher.start()
             yield collections.OrderedDict((e.spec.name, e) for e in engines)
         finally:
+            if watcher is not None:
+                watcher.stop()  # before stopping the engines, so none is restarted meanwhile
             _stop_all(engines, grace=stop_grace)
 
 
