@@ -5,10 +5,11 @@
 - A caller waits at most ``timeout`` seconds for a connection (``TENANTGATE_DB_POOL_TIMEOUT``), then gets
   ``DatabaseUnavailableError``, a 503 with Retry-After (psycopg_pool's default: 30 s, then a 500). A query
   whose connection breaks under it raises the same error.
-- A connection is checked (an empty query) before it is handed out; one found dead, as a database restart
-  leaves every pooled connection, is dropped and the next one tried at once, so a restart fails no
-  request. psycopg_pool's own ``check=`` sleeps a doubling back-off after each dead connection, so a few
-  stale connections would outlast the timeout.
+- A connection is checked before it is handed out: an idle one with input waiting (a restarting server
+  says goodbye to each, then closes) must answer an empty query; one found dead is dropped and the next
+  one tried at once, so a restart fails no request. A quiet connection costs one ``poll``, no round trip.
+  (psycopg_pool's own ``check=`` costs a round trip each time and sleeps a doubling back-off after each
+  dead connection, so a few stale ones would outlast the timeout.)
 - A connection that cannot be reopened is retried with back-off for at most ``reconnect_timeout`` seconds,
   then its slot is given up, and the next caller that has to wait starts a fresh attempt at once: the pool
   works again within about a second of the database's return. psycopg_pool's default keeps one attempt
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from time import monotonic
@@ -127,10 +129,20 @@ class DatabasePool(AsyncConnectionPool):
                 raise DatabaseUnavailableError() from exc
 
 
+def _has_input(conn: Connection) -> bool:
+    """Whether an idle connection has something to read: the server ended it (its last message, then EOF)
+    or, rarely, sent a notice. One ``poll`` with no wait, no round trip (``select`` would fail past fd 1023)."""
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 async def _alive(conn: Connection, deadline: float) -> bool:
-    """Whether ``conn`` answers an empty query before ``deadline`` (monotonic): one round trip, no statement."""
+    """Whether ``conn`` can serve: it has nothing unread, or it answers an empty query before ``deadline``."""
     if conn.broken or conn.closed:
         return False
+    if not _has_input(conn):
+        return True
     try:
         async with asyncio.timeout(max(deadline - monotonic(), _MIN_CHECK_S)):
             await conn.execute("")

@@ -149,18 +149,30 @@ async def test_outage_known_keys_work_others_get_503_and_recovery_takes_seconds(
 async def test_a_restart_fails_no_request_and_the_pool_recovers(server: EmbeddedPostgres) -> None:
     pool = await open_pool(server.url, min_size=3, max_size=3, acquire_timeout=POOL_TIMEOUT)
     try:
-        async with asyncio.TaskGroup() as tg:  # three connections in use, then idle in the pool
-            for _ in range(3):
-                tg.create_task(_select(pool, sleep=0.05))
+        await _use_every_connection(pool)
         await _stop(server)
         with pytest.raises(DatabaseUnavailableError):
             await _select(pool)
         await _start(server)
-        # Every idle connection died with the old server: each is found dead and replaced, none is handed out.
+        for _ in range(6):
+            assert await _select(pool) == 1
+
+        # A restart between two requests: every idle connection died with the old server; each is found
+        # dead and replaced, none is handed out.
+        await _use_every_connection(pool)
+        await _stop(server)
+        await _start(server)
         for _ in range(6):
             assert await _select(pool) == 1
     finally:
         await pool.close()
+
+
+async def _use_every_connection(pool: AsyncConnectionPool) -> None:
+    """Three connections in use at once, then idle in the pool."""
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(3):
+            tg.create_task(_select(pool, sleep=0.05))
 
 
 async def _select(pool: AsyncConnectionPool, sleep: float = 0.0) -> int:
