@@ -60,12 +60,9 @@ async def test_engine_garbage_is_502(gateway: Gateway, tenant: TenantKeys, strea
     async with gateway.http(tenant.user_key) as http:
         resp = await http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": MESSAGES,
                                                                "stream": stream})
-    if not stream:
-        assert resp.status_code == 502
-        assert resp.json()["error"]["code"] == "engine_bad_response"
-    else:
-        # headers were 200 already: the client gets a well-formed error event and a closed stream
-        assert '"error"' in resp.text and resp.text.rstrip().endswith("data: [DONE]")
+    # a stream too: a 200 that is not text/event-stream is refused before the client got a byte
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "engine_bad_response"
 
 
 async def test_engine_5xx_is_502_in_openai_shape(gateway: Gateway, tenant: TenantKeys) -> None:
@@ -165,6 +162,50 @@ async def test_connect_failure_is_retried_on_another_replica(database_url: str) 
         await stop_gateway(server, task)
         for fake in (live, embed):
             await fake.stop()
+
+
+async def test_an_engine_that_closes_on_a_request_gets_it_once_and_stays_in_rotation(database_url: str) -> None:
+    """A request that crashes an engine must not be replayed on the others: one POST, a 502, no replica down."""
+    chats = [FakeVLLM(models=(CHAT_MODEL,)) for _ in range(3)]
+    embed = FakeVLLM(models=("fake-embed",), purpose="embed")
+    for fake in (*chats, embed):
+        await fake.start()
+    settings = gateway_settings(database_url, chats[0].url, embed.url, port=free_port(),
+                                engine_urls=tuple(fake.url for fake in chats))
+    app, server, task = await start_gateway(settings)
+    try:
+        gw = Gateway(f"http://127.0.0.1:{settings.port}", app, chats[0], embed)
+        keys = await make_tenant(gw)
+        for fake in chats:
+            fake.faults.drop_requests = 1
+        for stream in (False, True):
+            async with gw.http(keys.user_key) as http:
+                resp = await http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": MESSAGES,
+                                                                       "stream": stream})
+            assert resp.status_code == 502
+            assert resp.json()["error"]["code"] == "engine_disconnected"
+        assert sorted(fake.request_count for fake in chats) == [0, 1, 1]  # each request reached one engine, once
+        assert [r.healthy for r in gw.services.engines.replicas] == [True, True, True, True]
+        rows = await usage_rows(gw, keys.tenant_id)
+        assert [(r[3], r[4]) for r in rows] == [(502, "engine_disconnected")] * 2
+    finally:
+        await stop_gateway(server, task)
+        for fake in (*chats, embed):
+            await fake.stop()
+
+
+async def test_a_200_stream_that_is_not_sse_is_not_relayed(gateway: Gateway, tenant: TenantKeys) -> None:
+    gateway.chat.faults.status = 200
+    gateway.chat.faults.content_type = "text/plain"
+    gateway.chat.faults.body = b"upstream says hello\n\n"
+    async with gateway.http(tenant.user_key) as http:
+        resp = await http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": MESSAGES,
+                                                               "stream": True})
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "engine_bad_response"
+    assert "hello" not in resp.text
+    rows = await usage_rows(gateway, tenant.tenant_id)
+    assert [(r[3], r[4]) for r in rows] == [(502, "engine_bad_response")]
 
 
 async def test_client_gone_before_the_disconnect_watcher_starts_still_cancels(
