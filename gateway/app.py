@@ -93,7 +93,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         timeouts = _timeouts(settings)
         # The one pooled HTTP client toward engines: health checks and requests alike. It keeps no cookies,
         # so nothing an engine (or a proxy before it) set during one tenant's call rides along on another's.
-        http = HttpClient(connect_timeout=timeouts.connect)
+        http = HttpClient(connect_timeout=timeouts.connect, max_response_bytes=settings.engine_max_response_bytes)
         stack.push_async_callback(http.close)
         engines = EnginePool(
             http, settings.engine_urls, settings.embedding_urls, timeouts=timeouts,

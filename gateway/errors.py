@@ -225,6 +225,8 @@ def answer_error(
     if body.status >= 500:
         if body.status == 500:
             log.error("unhandled error on %s %s", method, path, exc_info=exc)
+        elif body.status == 503:  # an outage: the part that noticed it (engine pool, database pool) logs it once
+            log.debug("503 on %s %s: %s", method, path, body.message)
         else:
             log.warning("%s on %s %s: %s", body.status, method, path, body.message)
     return body

