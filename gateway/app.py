@@ -33,6 +33,7 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.routes import admin, health, inference, keys, models, usage
 from gateway.services.container import Services
 from gateway.services.inference import InferenceService
+from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings, SettingsError
 from observability.usage import UsageMeter
 
@@ -108,7 +109,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await meter.start()
         stack.push_async_callback(meter.stop)
         client = EngineClient(engines, http, timeouts)
-        yield Services(settings, db, auth, http, engines, client, meter, InferenceService(client, meter))
+        shutdown = ShutdownWatch(settings.shutdown_timeout)
+        stack.enter_context(shutdown.hooked_signals())
+        inference = InferenceService(
+            client, meter, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
+        )
+        yield Services(settings, db, auth, http, engines, client, meter, inference, shutdown)
 
 
 def freeze_startup_objects() -> None:

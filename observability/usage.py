@@ -59,6 +59,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     completion_tokens: int = 0
     latency_ms: float
     ttft_ms: float | None = None  # time to first token, streams only
+    # How the call ended: completed | rejected | client_disconnected | engine_error | timeout | server_shutdown
+    end_reason: str | None = None
 
 
 COLUMNS: Final = UsageEvent.__struct_fields__
@@ -76,6 +78,7 @@ _PG_TYPES: Final = (
     "int4",
     "float8",
     "float8",
+    "text",
 )
 _COPY_SQL: Final = f"COPY usage_events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _DROP_WARNING_EVERY_S: Final = 10.0

@@ -39,7 +39,8 @@ from gateway.routes.common import (
     to_response,
     until_disconnect,
 )
-from gateway.services.inference import CallContext, Endpoint, JsonReply, StreamReply
+from gateway.services.container import Services
+from gateway.services.inference import UNKNOWN_MODEL, CallContext, Endpoint, JsonReply, StreamReply
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 
@@ -67,19 +68,20 @@ class InferenceApp(Generic[R]):
         services = services_of_scope(scope)
         head = RequestHead.of(scope)
         principal = await services.auth.tenant(head.authorization)
-        head.check_json_media_type()
-        body = await read_body(receive, head.content_length, services.settings.max_body_bytes)
-        limits = services.body_limits
-        req = decode_json_body(body, self._type, limits)
-        self._check(req, limits)
         started, arrived_at = started_of_scope(scope)
-        state = scope["state"]
-        request_id: str = state["request_id"]
+        request_id: str = scope["state"]["request_id"]
+        ctx = CallContext(principal, self.endpoint, UNKNOWN_MODEL, request_id, started, arrived_at)
+        inference = services.inference
+        try:
+            req, body = await self._read(receive, head, services)
+        except Exception as exc:
+            inference.record_rejected(ctx, exc)  # refused after authentication: metered all the same
+            raise
+        ctx.model = req.model
         headers = {"x-request-id": request_id}
         if head.traceparent is not None:
             headers["traceparent"] = head.traceparent
-        ctx = CallContext(principal, self.endpoint, req.model, request_id, started, arrived_at, headers=headers)
-        inference = services.inference
+        ctx.headers = headers
         reply: JsonReply | StreamReply
         if isinstance(req, EmbeddingRequest) or not req.stream:
             reply = await until_disconnect(receive, inference.call(ctx, body))
@@ -89,6 +91,15 @@ class InferenceApp(Generic[R]):
             present = req.stream_options is not UNSET
             reply = await until_disconnect(receive, inference.open_stream(ctx, body, present))
         return to_response(reply)
+
+    async def _read(self, receive: Receive, head: RequestHead, services: Services) -> tuple[R, bytes]:
+        """The body and its decoded fields; raises the error (4xx) that refuses the request."""
+        head.check_json_media_type()
+        body = await read_body(receive, head.content_length, services.settings.max_body_bytes)
+        limits = services.body_limits
+        req = decode_json_body(body, self._type, limits)
+        self._check(req, limits)
+        return req, body
 
 
 CHAT = InferenceApp("chat.completions", ChatCompletionRequest, check_chat)

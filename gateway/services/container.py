@@ -13,6 +13,7 @@ from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
 from gateway.openai.decode import BodyLimits
 from gateway.services.inference import InferenceService
+from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings
 from observability.usage import UsageMeter
 
@@ -27,6 +28,7 @@ class Services:
     client: EngineClient
     meter: UsageMeter
     inference: InferenceService
+    shutdown: ShutdownWatch
 
     @cached_property
     def body_limits(self) -> BodyLimits:

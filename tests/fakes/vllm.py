@@ -74,6 +74,7 @@ class Faults:
     error_after_chunks: int | None = None  # stream: send vLLM's error event after N events, then [DONE]
     error_message: str = "Internal server error"
     error_code: int = 500  # the numeric `code` of that in-stream error
+    stream_body: bytes | None = None  # stream: send these bytes as the whole SSE body instead of the events
     health_status: int = 200  # status of GET /health
 
 
@@ -334,11 +335,18 @@ class FakeVLLM:
                 body=_encode({**head, "choices": [choice], "usage": usage}), content_type="application/json"
             )
         head["object"] = obj + ".chunk" if chat else obj
-        events = [_chunk(head, chat, i, word, finish if i == n - 1 else None) for i, word in enumerate(words)]
-        if chat:
-            events.insert(0, _chunk(head, chat, -1, "", None))
         options = doc.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        # vLLM: `continuous_usage_stats` (with `include_usage`) puts the running usage on every chunk
+        running = include_usage and isinstance(options, dict) and bool(options.get("continuous_usage_stats"))
+        prompt_tokens = usage["prompt_tokens"]
+        events = [
+            _chunk(head, chat, i, word, finish if i == n - 1 else None, prompt_tokens if running else None, i + 1)
+            for i, word in enumerate(words)
+        ]
+        if chat:
+            events.insert(0, _chunk(head, chat, -1, "", None, prompt_tokens if running else None, 0))
+        if include_usage:
             events.append(b"data: " + _encode({**head, "choices": [], "usage": usage}) + b"\n\n")
         return await self._stream(request, events)
 
@@ -347,6 +355,10 @@ class FakeVLLM:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
         self.streams_started += 1
+        if faults.stream_body is not None:
+            await resp.write(faults.stream_body)
+            await resp.write_eof()
+            return resp
         for i, event in enumerate(events):
             if i == faults.die_after_chunks:
                 assert request.transport is not None
@@ -423,8 +435,12 @@ def _message_text(message: Any) -> str:
     return ""
 
 
-def _chunk(head: dict[str, Any], chat: bool, i: int, word: str, finish: str | None) -> bytes:
-    """One SSE event; `i == -1` is the chat stream's first event (the role)."""
+def _chunk(
+    head: dict[str, Any], chat: bool, i: int, word: str, finish: str | None, prompt_tokens: int | None = None,
+    completion_tokens: int = 0,
+) -> bytes:
+    """One SSE event; `i == -1` is the chat stream's first event (the role). With `prompt_tokens`, the event
+    carries vLLM's running usage (`continuous_usage_stats`) after its choices, as vLLM serialises it."""
     text = word if i <= 0 else " " + word
     choice: dict[str, Any] = {"index": 0}
     if chat:
@@ -434,7 +450,13 @@ def _chunk(head: dict[str, Any], chat: bool, i: int, word: str, finish: str | No
     choice.update(logprobs=None, finish_reason=finish)
     if finish is not None:
         choice["stop_reason"] = None
-    return b"data: " + _encode({**head, "choices": [choice]}) + b"\n\n"
+    event: dict[str, Any] = {**head, "choices": [choice]}
+    if prompt_tokens is not None:
+        event["usage"] = {
+            "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+        }
+    return b"data: " + _encode(event) + b"\n\n"
 
 
 def _model_card(model: str, created: int) -> dict[str, Any]:

@@ -73,7 +73,7 @@ async def test_engine_5xx_is_502_in_openai_shape(gateway: Gateway, tenant: Tenan
         resp = await http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": MESSAGES})
     assert resp.status_code == 502
     assert resp.json()["error"]["type"] == "server_error"
-    assert resp.json()["error"]["message"] == "CUDA out of memory"
+    assert "CUDA" not in resp.json()["error"]["message"]  # logged, not shown (see test_stream_metering)
 
 
 async def test_engine_dies_mid_stream_gives_error_event_and_records_failure(

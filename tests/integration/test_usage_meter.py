@@ -65,6 +65,7 @@ async def test_record_and_flush_round_trips_every_field(db_pool: AsyncConnection
             completion_tokens=56,
             latency_ms=1500.25,
             ttft_ms=87.125,
+            end_reason="client_disconnected",
         ),
         make_event(
             2, endpoint="embeddings", key_id=uuid4(), tenant_id=uuid4(), status_code=503, error_code="x"
