@@ -129,7 +129,9 @@ def _serve_uvicorn(settings: Settings) -> None:
         log_config=None,  # uvicorn's records go to the handler configure_logging installed
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout,  # declared int; a float works (call_later)
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        # Declared int; a float works (asyncio.wait_for), and rounding down would cancel streams before the
+        # shutdown watch ends them with an error event (at the timeout less a margin: gateway/services/shutdown.py).
+        timeout_graceful_shutdown=settings.shutdown_timeout,
         log_level=settings.log_level,
     )
     # What uvicorn.run does with its own config: one server in this process, or a supervisor of workers.

@@ -278,7 +278,10 @@ class UsageMeter:
         )
 
     async def _run(self) -> None:
+        """Flush every interval (or sooner, when a batch is full); back off while flushes fail, logging one
+        line when they begin to fail and one when they work again, not one per attempt."""
         delay = 0.0
+        failing_since: float | None = None
         while not self._stopping.is_set():
             if delay:
                 await _wait(self._stopping, delay)
@@ -291,13 +294,18 @@ class UsageMeter:
                 await self.flush()
             except Exception as exc:
                 delay = min(max(delay * 2, self._retry_initial), self._retry_max)
-                log.warning(
-                    "usage flush failed, events kept: %s",
-                    _describe(exc),
-                    extra={"pending": self.pending, "retry_in_s": delay},
-                )
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("usage flushes fail, events kept and retried with back-off: %s", _describe(exc),
+                                extra={"pending": self.pending})
+                else:
+                    log.debug("usage flush failed again: %s", _describe(exc), extra={"retry_in_s": delay})
             else:
                 delay = 0.0
+                if failing_since is not None:
+                    log.info("usage flushes work again", extra={
+                        "failing_s": round(time.monotonic() - failing_since, 1), "pending": self.pending})
+                    failing_since = None
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -128,7 +128,7 @@ async def test_stop_flushes_everything_pending(db_pool: AsyncConnectionPool[Any]
 
 
 async def test_database_unreachable_then_back(
-    clean_database_url: str, db_pool: AsyncConnectionPool[Any]
+    clean_database_url: str, db_pool: AsyncConnectionPool[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     # A pool that is not open yet stands for a database that cannot be reached: every attempt fails.
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -140,12 +140,17 @@ async def test_database_unreachable_then_back(
         events = [make_event(i) for i in range(5)]
         for event in events:
             meter.record(event)
-        await eventually(lambda: meter.failed_flushes >= 3)
-        assert (meter.pending, meter.written) == (5, 0)
-        await pool.open(wait=True)
-        await eventually(lambda: meter.written == 5)
+        with caplog.at_level(logging.INFO, logger="observability.usage"):
+            await eventually(lambda: meter.failed_flushes >= 3)
+            assert (meter.pending, meter.written) == (5, 0)
+            await pool.open(wait=True)
+            await eventually(lambda: meter.written == 5)
         await meter.stop()
         assert await stored(db_pool) == events
+        # One line when the outage began and one when it ended, however many flushes failed in between.
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("usage flushes fail") and lines[1] == "usage flushes work again"
     finally:
         await meter.stop(timeout=0.1)
         await pool.close()
