@@ -8,7 +8,9 @@ seconds. Here the bytes of an unfinished head are counted *before* they reach th
 Time: a connection must finish its head within ``header_read_timeout`` of its first byte (or of its start,
 so a connection that never sends a byte is closed too). Between requests, uvicorn's own keep-alive timer
 (``timeout_keep_alive``) closes an idle connection; the head timer takes over at the next request's first
-byte. Nothing runs while the app works on a request: its body has its own deadline (the outer ASGI layer).
+read, armed only when that read did not end the head (nearly every head arrives whole in one read, and
+then costs no timer). Nothing runs while the app works on a request: its body has its own deadline (the
+outer ASGI layer).
 
 The 431 is delivered: the connection is half-closed after it and whatever the client still sends is read
 and dropped (up to ``_DRAIN_BYTES`` or ``_DRAIN_SECONDS``), because closing a socket with unread data makes
@@ -99,12 +101,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.drained is not None:
             self.drain(len(data))
             return
-        if self.head_timer is None:  # the first byte after an idle keep-alive wait
-            self.head_timer = self.loop.call_later(self.header_read_timeout, self.head_timed_out)
         self.head_bytes += len(data)
         super().data_received(data)
-        if self.reading_head and self.head_bytes > self.max_header_bytes and self.drained is None:
-            self.reject_head()  # the head goes on past the limit
+        if self.reading_head:
+            if self.head_bytes > self.max_header_bytes:
+                if self.drained is None:
+                    self.reject_head()  # the head goes on past the limit
+            elif self.head_timer is None:  # a head begun after an idle keep-alive wait, not ended in one read
+                self.head_timer = self.loop.call_later(self.header_read_timeout, self.head_timed_out)
 
     def on_headers_complete(self) -> None:
         # head_bytes counts whole reads, so a body read with the head may lift it over the limit: only
