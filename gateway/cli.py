@@ -117,7 +117,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         if missing is not None:
             raise CliError(missing)
     configure_logging(settings.log_level, settings.log_format)
-    from gateway.local import EngineStartError, ModelPreparationError
+    from enginehost import EngineStartError, ModelPreparationError
 
     # The cheap checks first: a taken port or a second `up` would otherwise fail only after a minute of
     # starting Postgres and both engines.
@@ -132,7 +132,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 
 def cmd_engines_install(args: argparse.Namespace) -> None:
-    from gateway.local import EngineInstallError, install_engines
+    from enginehost import EngineInstallError, install_engines
 
     try:
         version = install_engines(

@@ -61,7 +61,7 @@ def say(message: str) -> None:
 @contextmanager
 def local_engines(settings: Settings) -> Iterator[Settings]:
     """Prepare the packaged models, start both vLLM engines, and yield settings that point at them."""
-    from gateway.local import (
+    from enginehost import (
         chat_engine_spec,
         embedding_engine_spec,
         embedding_model_path,
@@ -135,7 +135,7 @@ def run_up(settings: Settings, database_url: str, *, local: bool) -> None:
         print_examples(settings, key, "<model>")
         serve(settings, database_url)
         return
-    from gateway.local import CHAT_MODEL_NAME
+    from enginehost import CHAT_MODEL_NAME
 
     with local_engines(settings) as served:
         say(f"engines ready: chat {served.engine_urls[0]}, embeddings {served.embedding_urls[0]}")
@@ -144,7 +144,7 @@ def run_up(settings: Settings, database_url: str, *, local: bool) -> None:
 
 
 def engines_missing_message() -> str | None:
-    from gateway.local import engines_available, missing_engine_extra_message
+    from enginehost import engines_available, missing_engine_extra_message
 
     return None if engines_available() else missing_engine_extra_message()
 

@@ -307,20 +307,20 @@ async def served_model(session: aiohttp.ClientSession, url: str) -> str:
 
 def start_engines(opts: Options, tmp: Path, results: Results, stack: contextlib.ExitStack) -> tuple[str, str]:
     """Start the chat engine, then the embedding engine; their URLs. Each is stopped when ``stack`` closes."""
-    from gateway.local import (
+    from enginehost import (
         EngineProcess,
         chat_engine_spec,
+        default_data_dir,
         embedding_engine_spec,
         embedding_model_path,
         engines_available,
         missing_engine_extra_message,
         prepare_chat_model,
     )
-    from gateway.settings import Settings
 
     if not engines_available():
         raise RuntimeError(missing_engine_extra_message())
-    data_dir = opts.data_dir or Settings().data_path
+    data_dir = opts.data_dir or default_data_dir()
     messages: list[str] = []
 
     def progress(line: str) -> None:

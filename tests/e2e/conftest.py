@@ -32,7 +32,7 @@ import openai
 import psycopg
 import pytest
 
-from gateway.local import (
+from enginehost import (
     EngineProcess,
     EngineSpec,
     chat_engine_spec,

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.local import run_engines
+from enginehost import run_engines
 from tests.local.test_engines import _fake_pids, fake_spec, live
 
 

@@ -1,4 +1,4 @@
-"""The engine supervisor (gateway/local/engines.py).
+"""The engine supervisor (enginehost/engines.py).
 
 The first tests run a fake engine (this very module, run with ``python -m``: it serves ``/health``,
 starts a child and a grandchild that leaves the session, and can fail or ignore SIGTERM) and need no
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from gateway.local import (
+from enginehost import (
     CHAT_MODEL_NAME,
     EMBEDDING_MODEL_NAME,
     EngineExitedError,
@@ -38,7 +38,7 @@ from gateway.local import (
     prepare_chat_model,
     run_engines,
 )
-from gateway.local._logs import explain_failure
+from enginehost._logs import explain_failure
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MODULE = "tests.local.test_engines"
@@ -173,7 +173,7 @@ from pathlib import Path
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 sys.path.insert(0, {repo!r})
 from tests.local.test_engines import fake_spec
-from gateway.local import chat_engine_spec, embedding_engine_spec, run_engines
+from enginehost import chat_engine_spec, embedding_engine_spec, run_engines
 specs = {specs}
 with run_engines(specs, log_dir=Path({log_dir!r}), progress=lambda s: None, stop_grace={grace}) as engines:
     print(json.dumps({{n: [e.url, e.processes()] for n, e in engines.items()}}), flush=True)

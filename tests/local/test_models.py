@@ -1,4 +1,4 @@
-"""Preparing the packaged models (gateway/local/models.py).
+"""Preparing the packaged models (enginehost/models.py).
 
 The conversion tests need the engines extra (torch, transformers, gguf and the model packages) and skip
 cleanly without it. The converted folder lives in the session's base temp directory, shared with
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.local import (
+from enginehost import (
     CHAT_MODEL_NAME,
     ModelNotInstalledError,
     embedding_model_path,
@@ -25,8 +25,8 @@ from gateway.local import (
     missing_engine_extra_message,
     prepare_chat_model,
 )
-from gateway.local import models as models_module
-from gateway.local.models import MARKER_FILE
+from enginehost import models as models_module
+from enginehost.models import MARKER_FILE
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_embedding_model_folder() -> None:
     assert (folder / "model.safetensors").is_file()
 
 
-# --- the install check (gateway/local/install.py) -------------------------------------------------------
+# --- the install check (enginehost/install.py) -------------------------------------------------------
 
 
 def test_mismatched_torchvision_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.local.models import CHAT_MODEL_NAME, EMBEDDING_MODEL_NAME
+from enginehost.models import CHAT_MODEL_NAME, EMBEDDING_MODEL_NAME
 
 __all__ = ["CHAT_PORT", "EMBEDDINGS_PORT", "EngineSpec", "chat_engine_spec", "embedding_engine_spec"]
 

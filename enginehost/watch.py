@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.local.errors import EngineExitedError, EngineStartError
+from enginehost.errors import EngineExitedError, EngineStartError
 
 if TYPE_CHECKING:
-    from gateway.local.engines import EngineProcess
+    from enginehost.engines import EngineProcess
 
 __all__ = ["EngineWatcher"]
 

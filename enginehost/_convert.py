@@ -1,6 +1,6 @@
 """Turn the packaged SmolLM2 GGUF file into a plain bfloat16 Hugging Face folder that vLLM serves.
 
-Run as ``python -m gateway.local._convert GGUF_FILE OUT_DIR`` (what ``prepare_chat_model`` does, so that
+Run as ``python -m enginehost._convert GGUF_FILE OUT_DIR`` (what ``prepare_chat_model`` does, so that
 torch and transformers never load into the gateway's own process). Steps, from ENGINE_NOTES:
 transformers de-quantizes the GGUF file; ``save_pretrained`` refuses a GGUF-quantized model, so a plain
 ``LlamaForCausalLM`` is built from its config without ``quantization_config``, given its state dict,
@@ -51,7 +51,7 @@ def convert_gguf_to_hf(gguf_file: Path, out_dir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m gateway.local._convert GGUF_FILE OUT_DIR", file=sys.stderr)
+        print("usage: python -m enginehost._convert GGUF_FILE OUT_DIR", file=sys.stderr)
         return 2
     convert_gguf_to_hf(Path(argv[0]), Path(argv[1]))
     return 0
