@@ -31,8 +31,11 @@ from gateway.engines.timeouts import EngineTimeouts
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware import RequestContextMiddleware
 from gateway.routes import admin, health, inference, keys, models, usage
+from gateway.services.catalog import ModelCatalog
 from gateway.services.container import Services
 from gateway.services.inference import InferenceService
+from gateway.services.metering import MeterUsage
+from gateway.services.pipeline import Pipeline
 from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings, SettingsError
 from observability.usage import UsageMeter
@@ -111,10 +114,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         client = EngineClient(engines, http, timeouts)
         shutdown = ShutdownWatch(settings.shutdown_timeout)
         stack.enter_context(shutdown.hooked_signals())
+        catalog = ModelCatalog(engines)
+        # The request pipeline: the retrieval, adapter, policy and tracing parts plug in here.
+        pipeline = Pipeline(observers=(MeterUsage(meter),))
         inference = InferenceService(
-            client, meter, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
+            client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
         )
-        yield Services(settings, db, auth, http, engines, client, meter, inference, shutdown)
+        yield Services(settings, db, auth, http, engines, client, catalog, meter, inference, shutdown)
 
 
 def freeze_startup_objects() -> None:

@@ -12,9 +12,11 @@ from gateway.engines.errors import (
     EngineUnavailableError,
     ModelNotServedError,
 )
+from gateway.engines.models import ModelCard
 from gateway.engines.normalize import ErrorInfo, normalize_error_body, parse_stream_error, stream_error_info
 from gateway.engines.pool import EnginePool
 from gateway.engines.replica import Purpose, Replica
+from gateway.engines.routes import Lease, Route
 from gateway.engines.stream import EngineStream
 from gateway.engines.timeouts import EngineTimeouts
 
@@ -30,9 +32,12 @@ __all__ = [
     "EngineTimeouts",
     "EngineUnavailableError",
     "ErrorInfo",
+    "Lease",
+    "ModelCard",
     "ModelNotServedError",
     "Purpose",
     "Replica",
+    "Route",
     "normalize_error_body",
     "parse_stream_error",
     "stream_error_info",

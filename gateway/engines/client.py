@@ -41,7 +41,8 @@ from gateway.engines.http1 import (
 )
 from gateway.engines.normalize import redact
 from gateway.engines.pool import EnginePool
-from gateway.engines.replica import Purpose, Replica
+from gateway.engines.replica import Replica
+from gateway.engines.routes import Lease, Route
 from gateway.engines.stream import EngineStream, map_body_error
 from gateway.engines.timeouts import EngineTimeouts
 
@@ -96,36 +97,37 @@ class EngineClient:
         self._timeouts = timeouts
 
     async def post(
-        self, model: str, purpose: Purpose, path: str, body: bytes, headers: Mapping[str, str] | None = None
+        self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> EngineReply:
-        """Send `body` unchanged to a replica serving `model` and read the whole answer.
+        """Send `body` unchanged to a replica of `route` and read the whole answer.
 
         `headers` are end-to-end headers to pass along (`traceparent`, `x-request-id`), never
         hop-by-hop ones (`connection`, `content-length`, `host`).
         """
-        resp, replica = await self._send(model, purpose, path, body, headers)
-        return await _read_reply(resp, replica, self._timeouts)
+        resp, lease = await self._send(route, path, body, headers)
+        return await _read_reply(resp, lease, self._timeouts)
 
     async def open_stream(
-        self, model: str, purpose: Purpose, path: str, body: bytes, headers: Mapping[str, str] | None = None
+        self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> EngineReply | EngineStream:
         """Like `post`, but a 200 answer comes back as an `EngineStream` to be iterated and closed."""
-        resp, replica = await self._send(model, purpose, path, body, headers)
+        resp, lease = await self._send(route, path, body, headers)
         if resp.status == 200:
             if resp.is_event_stream:
-                return EngineStream(resp, replica, self._timeouts.total)
-            replica.in_flight -= 1
+                return EngineStream(resp, lease, self._timeouts.total)
+            lease.release()
+            replica = lease.replica
             resp.abort()  # nothing of it is read: relaying it raw would corrupt the client's event stream
             logger.warning(
                 "engine %s answered a stream with Content-Type %s", replica.display_url, redact(resp.content_type, 80)
             )
             raise EngineBadResponseError("The engine answered a streaming request with something that is not a stream.")
-        return await _read_reply(resp, replica, self._timeouts)
+        return await _read_reply(resp, lease, self._timeouts)
 
     async def _send(
-        self, model: str, purpose: Purpose, path: str, body: bytes, headers: Mapping[str, str] | None
-    ) -> tuple[HttpResponse, Replica]:
-        """Pick a replica and send until response headers arrive; the caller owns `in_flight` then.
+        self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> tuple[HttpResponse, Lease]:
+        """Lease a replica and send until response headers arrive; the caller owns the lease then.
 
         `headers` must not hold CR, LF or NUL (`ValueError`); a Content-Type among them replaces ours.
         """
@@ -140,22 +142,23 @@ class EngineClient:
         last_reason = ""
         while True:
             try:
-                replica = self._pool.choose(model, purpose, excluded)
+                lease = self._pool.lease(route, excluded)
             except EngineUnavailableError as exc:
                 if not excluded:
                     raise
+                model = route.engine_model
                 raise EngineUnavailableError(
                     f"No engine serving the model `{model}` could be reached (last: {last_reason}).",
                     model,
                 ) from exc
-            replica.in_flight += 1
+            replica = lease.replica
             try:
                 resp = await self._http.request(
                     replica.origin, b"POST", target, header_block, body,
                     first_byte_timeout=timeouts.first_byte, total_timeout=timeouts.total,
                 )
             except BaseException as exc:
-                replica.in_flight -= 1
+                lease.release()
                 mapped = _map_send_error(exc, timeouts)
                 if mapped is exc:
                     raise
@@ -168,7 +171,7 @@ class EngineClient:
                     self._pool.mark_unhealthy(replica, mapped.reason)
                 excluded.append(replica)
                 continue
-            return resp, replica
+            return resp, lease
 
 
 def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseException | _Retry:
@@ -186,7 +189,7 @@ def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseExcepti
     return exc  # cancellation and bugs propagate as they are
 
 
-async def _read_reply(resp: HttpResponse, replica: Replica, timeouts: EngineTimeouts) -> EngineReply:
+async def _read_reply(resp: HttpResponse, lease: Lease, timeouts: EngineTimeouts) -> EngineReply:
     try:
         data = await resp.read()  # on any failure the connection is aborted, so the engine stops working on it
     except BaseException as exc:
@@ -195,5 +198,5 @@ async def _read_reply(resp: HttpResponse, replica: Replica, timeouts: EngineTime
             raise
         raise mapped from exc
     finally:
-        replica.in_flight -= 1
-    return EngineReply(resp.status, data, replica)
+        lease.release()
+    return EngineReply(resp.status, data, lease.replica)

@@ -1,4 +1,4 @@
-"""The set of engine replicas: health checks, model discovery and replica choice."""
+"""The set of engine replicas: health checks, model discovery, routes and leases (replica choice)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import msgspec
-
 from gateway.engines.errors import EngineUnavailableError, ModelNotServedError
 from gateway.engines.http1 import ClosedBeforeResponseError, ConnectError, HttpClient, HttpError
+from gateway.engines.models import ModelListError, parse_model_list
 from gateway.engines.normalize import redact
 from gateway.engines.replica import Purpose, Replica
+from gateway.engines.routes import Lease, Route
 from gateway.engines.timeouts import EngineTimeouts
 
 __all__ = ["EnginePool"]
@@ -31,8 +31,9 @@ class _ProbeError(Exception):
 class EnginePool:
     """Every configured replica, their health and the models they serve.
 
-    `start()` checks every replica once, then keeps checking them in the background; `choose()` is the
-    per-request call and does no I/O. A healthy replica is checked every `health_interval` seconds. One
+    `start()` checks every replica once, then keeps checking them in the background. Per request, `route()`
+    (a dict lookup: the routes are rebuilt only when what a replica lists changes) and `lease()` (least
+    loaded healthy replica of the route) do no I/O. A healthy replica is checked every `health_interval` seconds. One
     that is down (a failed check, or a refused connection reported by a request through
     `mark_unhealthy`) is probed sooner, `recheck_initial` seconds later and then with the delay doubling
     up to `health_interval`: a restarted engine is back in rotation within about that delay, while a
@@ -63,6 +64,7 @@ class EnginePool:
             "embed": tuple(Replica(url, "embed") for url in embed_urls),
         }
         self._replicas = self._by_purpose["generate"] + self._by_purpose["embed"]
+        self._routes: dict[Purpose, dict[str, Route]] = {"generate": {}, "embed": {}}
         self._rr = 0
         self._task: asyncio.Task[None] | None = None
         self._local_trouble: set[Replica] = set()  # replicas whose last probe failed for a local reason
@@ -116,7 +118,10 @@ class EnginePool:
         was_healthy = replica.healthy
         try:
             await self._probe(replica, "/health")
-            cards = _parse_model_list(await self._probe(replica, "/v1/models"))
+            try:
+                cards = parse_model_list(await self._probe(replica, "/v1/models"))
+            except ModelListError as exc:
+                raise _ProbeError(str(exc)) from exc
         except ConnectError as exc:
             if not exc.local:
                 self._failed(replica, was_healthy, exc)
@@ -129,7 +134,9 @@ class EnginePool:
                 self._local_trouble.discard(replica)
                 if not self._local_trouble:
                     logger.info("engines can be probed again")
-            replica.model_cards = cards
+            if cards != replica.model_cards:
+                replica.model_cards = cards
+                self._build_routes(replica.purpose)
             replica.healthy = True
             replica.last_error = None
             replica.failures = 0
@@ -200,22 +207,45 @@ class EnginePool:
             self._wake.set()
         replica.last_error = reason
 
-    # -- choice ----------------------------------------------------------------------------------
+    # -- routes and choice ------------------------------------------------------------------------
 
-    def choose(self, model: str, purpose: Purpose, exclude: Collection[Replica] = ()) -> Replica:
-        """The healthy replica serving `model` with the fewest requests in flight.
+    def _build_routes(self, purpose: Purpose) -> None:
+        """One route per model the replicas of `purpose` list, with every replica listing it (config order)."""
+        listing: dict[str, list[Replica]] = {}
+        for replica in self._by_purpose[purpose]:
+            for model_id in replica.model_cards:
+                listing.setdefault(model_id, []).append(replica)
+        self._routes[purpose] = {
+            model_id: Route(model_id, purpose, tuple(replicas), replicas[0].model_cards[model_id])
+            for model_id, replicas in listing.items()
+        }
 
-        Ties rotate, so equally loaded replicas share the load. Raises `ModelNotServedError` when no
-        replica of that purpose lists the model (healthy or not), `EngineUnavailableError` when it is
-        listed but no healthy replica outside `exclude` is left.
+    def route(self, model: str, purpose: Purpose) -> Route:
+        """The route to the engine-side `model`; `ModelNotServedError` when no replica of `purpose` lists it."""
+        route = self._routes[purpose].get(model)
+        if route is None:
+            raise ModelNotServedError(model)
+        return route
+
+    def routes(self, purpose: Purpose | None = None) -> list[Route]:
+        """Every route (of one purpose, or all: generation first), each model once per purpose."""
+        if purpose is not None:
+            return list(self._routes[purpose].values())
+        return [*self._routes["generate"].values(), *self._routes["embed"].values()]
+
+    def lease(self, route: Route, exclude: Collection[Replica] = ()) -> Lease:
+        """Hold the least loaded healthy replica of `route` for one request (see `Lease`)."""
+        return Lease(self.pick(route, exclude))
+
+    def pick(self, route: Route, exclude: Collection[Replica] = ()) -> Replica:
+        """The healthy replica of `route` with the fewest requests in flight (no hold taken: see `lease`).
+
+        Ties rotate, so equally loaded replicas share the load. `EngineUnavailableError` when no healthy
+        replica outside `exclude` is left.
         """
         best: Replica | None = None
         ties: list[Replica] | None = None
-        known = False
-        for replica in self._by_purpose[purpose]:
-            if model not in replica.model_cards:
-                continue
-            known = True
+        for replica in route.replicas:
             if not replica.healthy or (exclude and replica in exclude):
                 continue
             if best is None or replica.in_flight < best.in_flight:
@@ -225,30 +255,18 @@ class EnginePool:
                     ties = [best]
                 ties.append(replica)
         if best is None:
-            if not known:
-                raise ModelNotServedError(model)
+            model = route.engine_model
             raise EngineUnavailableError(f"No healthy engine is serving the model `{model}`.", model)
         if ties is None:
             return best
         self._rr += 1
         return ties[self._rr % len(ties)]
 
+    def choose(self, model: str, purpose: Purpose, exclude: Collection[Replica] = ()) -> Replica:
+        """`pick` on the route of `model` (`ModelNotServedError` when there is none)."""
+        return self.pick(self.route(model, purpose), exclude)
+
     # -- listings --------------------------------------------------------------------------------
-
-    def models(self, purpose: Purpose | None = None) -> list[dict[str, Any]]:
-        """Model cards of every known model, deduplicated by id, each with a `purpose` key.
-
-        A healthy replica's card wins over a stale one; models whose replicas are all down are still
-        listed (they are configured, just unavailable right now).
-        """
-        replicas = self._replicas if purpose is None else self._by_purpose[purpose]
-        ordered = [r for r in replicas if r.healthy] + [r for r in replicas if not r.healthy]
-        cards: dict[str, dict[str, Any]] = {}
-        for replica in ordered:
-            for model_id, card in replica.model_cards.items():
-                if model_id not in cards:
-                    cards[model_id] = {**card, "purpose": replica.purpose}
-        return list(cards.values())
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the gateway can serve: details are safe to show (no credentials).
@@ -281,17 +299,6 @@ class EnginePool:
             ],
         }
         return ready, details
-
-
-def _parse_model_list(body: bytes) -> dict[str, dict[str, Any]]:
-    try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _ProbeError("GET /v1/models answered invalid JSON") from exc
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, list):
-        raise _ProbeError("GET /v1/models answered no `data` list")
-    return {card["id"]: card for card in data if isinstance(card, dict) and isinstance(card.get("id"), str)}
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.engines.http1 import Origin
+from gateway.engines.models import ModelCard
 
 __all__ = ["Purpose", "Replica"]
 
@@ -17,7 +18,7 @@ Purpose = Literal["generate", "embed"]
 class Replica:
     """A single vLLM server, tracked individually.
 
-    Replicas compare and hash by identity, so they can be put in sets (`EnginePool.choose(exclude=)`).
+    Replicas compare and hash by identity, so they can be put in sets (`EnginePool.lease(exclude=)`).
     The served models are whatever its `GET /v1/models` listed last, LoRA adapters included
     (vLLM lists a loaded adapter as its own model with a `parent`): a replica that holds an adapter
     is the one that serves it, which is what lets the pool prefer it.
@@ -26,10 +27,10 @@ class Replica:
     url: str
     purpose: Purpose
     healthy: bool = False
-    in_flight: int = 0
+    in_flight: int = 0  # requests holding a `Lease` on it (only leases change it)
     # Model cards from the last successful `GET /v1/models`, by id. Kept when the replica fails,
     # so an unknown model can still be told apart from a known one whose replicas are down.
-    model_cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_cards: dict[str, ModelCard] = field(default_factory=dict)
     last_error: str | None = None
     # Wall-clock time (time.time()) of the last health check, None before the first one.
     last_check: float | None = None

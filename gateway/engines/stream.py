@@ -7,6 +7,7 @@ from types import TracebackType
 from gateway.engines.errors import EngineBadResponseError, EngineStreamBrokenError, EngineTimeoutError
 from gateway.engines.http1 import HttpError, HttpResponse, InvalidResponseError, ResponseTooLargeError
 from gateway.engines.replica import Replica
+from gateway.engines.routes import Lease
 
 __all__ = ["EngineStream"]
 
@@ -17,22 +18,26 @@ class EngineStream:
     Iterate it (`async for chunk in stream`), then `aclose()` it, or use `async with`. Closing a
     stream that was not read to the end aborts the upstream connection: vLLM sees the disconnect
     and stops generating, which is how the gateway cancels engine work when its client goes away.
-    A stream read to the end returns its connection to the pool. The replica's `in_flight` count
-    is released exactly once, on whichever path ends the stream.
+    A stream read to the end returns its connection to the pool. The stream owns the request's `Lease`
+    on its replica and releases it exactly once, on whichever path ends the stream.
 
     Errors while iterating: `EngineTimeoutError` past the total timeout, `EngineStreamBrokenError`
     when the connection is lost or the body is truncated; the connection is aborted either way.
     """
 
-    __slots__ = ("_done", "_released", "_resp", "_total", "replica", "status")
+    __slots__ = ("_done", "_lease", "_released", "_resp", "_total", "status")
 
-    def __init__(self, resp: HttpResponse, replica: Replica, total_timeout: float) -> None:
+    def __init__(self, resp: HttpResponse, lease: Lease, total_timeout: float) -> None:
         self._resp = resp
         self._total = total_timeout
         self._done = False
         self._released = False
-        self.replica = replica
+        self._lease = lease
         self.status = resp.status
+
+    @property
+    def replica(self) -> Replica:
+        return self._lease.replica
 
     @property
     def content_type(self) -> str:
@@ -71,7 +76,7 @@ class EngineStream:
         if self._released:
             return
         self._released = True
-        self.replica.in_flight -= 1
+        self._lease.release()
         if abort:
             self._resp.abort()  # closes the connection: the engine sees its client go away
         else:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
 from litestar import post
+from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
-from msgspec import UNSET
 
 from gateway.errors import answer_error
 from gateway.openai.decode import BodyLimits, check_chat, check_completion, check_embedding, decode_json_body
@@ -36,11 +36,11 @@ from gateway.routes.common import (
     read_body,
     services_of_scope,
     started_of_scope,
-    to_response,
     until_disconnect,
 )
+from gateway.services.call import Call, Endpoint
 from gateway.services.container import Services
-from gateway.services.inference import UNKNOWN_MODEL, CallContext, Endpoint, JsonReply, StreamReply
+from gateway.services.inference import JsonReply, StreamReply
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 
@@ -58,39 +58,41 @@ class InferenceApp(Generic[R]):
         self._check = check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call: Call | None = None
         try:
-            app = await self._handle(scope, receive)
+            services = services_of_scope(scope)
+            head = RequestHead.of(scope)
+            principal = await services.auth.tenant(head.authorization)
+            started, arrived_at = started_of_scope(scope)
+            call = Call(principal, self.endpoint, scope["state"]["request_id"], started, arrived_at)
+            app = await self._handle(call, scope, receive, head, services)
         except Exception as exc:
-            app = JsonBytesResponse.error(answer_error(exc, cast("HTTPScope", scope)["method"], scope["path"]))
+            error = answer_error(exc, cast("HTTPScope", scope)["method"], scope["path"])
+            headers: list[tuple[str, str]] = list(error.headers)
+            if call is not None and call.response_headers:  # a step's (say, a 429's Retry-After)
+                headers.extend(call.response_headers)
+            app = JsonBytesResponse(error.status, error.to_bytes(), headers)
         await app(scope, receive, send)
 
-    async def _handle(self, scope: Scope, receive: Receive) -> ASGIApp:
-        services = services_of_scope(scope)
-        head = RequestHead.of(scope)
-        principal = await services.auth.tenant(head.authorization)
-        started, arrived_at = started_of_scope(scope)
-        request_id: str = scope["state"]["request_id"]
-        ctx = CallContext(principal, self.endpoint, UNKNOWN_MODEL, request_id, started, arrived_at)
+    async def _handle(
+        self, call: Call, scope: Scope, receive: Receive, head: RequestHead, services: Services
+    ) -> ASGIApp:
         inference = services.inference
         try:
             req, body = await self._read(receive, head, services)
         except Exception as exc:
-            inference.record_rejected(ctx, exc)  # refused after authentication: metered all the same
+            inference.reject(call, exc)  # refused after authentication: observed (metered) all the same
             raise
-        ctx.model = req.model
-        headers = {"x-request-id": request_id}
+        call.request = req
+        call.body = body
+        call.model = req.model
+        call.stream = not isinstance(req, EmbeddingRequest) and bool(req.stream)
+        headers = call.upstream_headers
+        headers["x-request-id"] = call.request_id
         if head.traceparent is not None:
             headers["traceparent"] = head.traceparent
-        ctx.headers = headers
-        reply: JsonReply | StreamReply
-        if isinstance(req, EmbeddingRequest) or not req.stream:
-            reply = await until_disconnect(receive, inference.call(ctx, body))
-        else:
-            ctx.stream = True
-            ctx.wants_usage = req.wants_usage_in_stream
-            present = req.stream_options is not UNSET
-            reply = await until_disconnect(receive, inference.open_stream(ctx, body, present))
-        return to_response(reply)
+        reply = await until_disconnect(receive, inference.run(call))
+        return _response(reply, call.response_headers)
 
     async def _read(self, receive: Receive, head: RequestHead, services: Services) -> tuple[R, bytes]:
         """The body and its decoded fields; raises the error (4xx) that refuses the request."""
@@ -100,6 +102,18 @@ class InferenceApp(Generic[R]):
         req = decode_json_body(body, self._type, limits)
         self._check(req, limits)
         return req, body
+
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def _response(reply: JsonReply | StreamReply, headers: list[tuple[str, str]] | None) -> ASGIApp:
+    if isinstance(reply, StreamReply):
+        sse_headers = _SSE_HEADERS if not headers else {**_SSE_HEADERS, **dict(headers)}
+        return ASGIStreamingResponse(
+            iterator=reply.chunks, status_code=200, media_type="text/event-stream", headers=sse_headers
+        )
+    return JsonBytesResponse(reply.status, reply.body, headers or ())
 
 
 CHAT = InferenceApp("chat.completions", ChatCompletionRequest, check_chat)

@@ -1,8 +1,10 @@
-"""``GET /v1/models`` and ``GET /v1/models/{model}``: what this tenant may use, in OpenAI's shape."""
+"""``GET /v1/models`` and ``GET /v1/models/{model}``: what this tenant may use, in OpenAI's shape.
+
+Both ask the model catalog (``gateway.services.catalog``), the same one inference requests resolve their
+model through, so what is listed is exactly what may be called.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import msgspec
 from litestar import get
@@ -26,29 +28,23 @@ class ModelList(msgspec.Struct, frozen=True):
     object: str = "list"
 
 
-def _visible_models(request: AnyRequest) -> list[Model]:
-    # Engine cards carry paths (root) and engine details a tenant should not see: keep OpenAI's fields.
-    cards: list[dict[str, Any]] = services_of(request).engines.models()
-    seen: dict[str, Model] = {}
-    for card in cards:
-        model_id = str(card.get("id", ""))
-        created = card.get("created")
-        if model_id and model_id not in seen:
-            seen[model_id] = Model(model_id, created if isinstance(created, int) else 0, "tenantgate")
-    return sorted(seen.values(), key=lambda m: m.id)
+def _visible_models(request: AnyRequest, principal: Principal) -> list[Model]:
+    # Engine cards carry paths (root, parent) and engine details a tenant should not see: keep OpenAI's fields.
+    cards = services_of(request).catalog.visible(principal)
+    return [Model(card.id, card.created, "tenantgate") for card in cards]
 
 
 @get("/v1/models", dependencies={"principal": Provide(provide_principal)}, tags=["models"],
      summary="List the models this tenant may use")
 async def list_models(request: AnyRequest, principal: NamedDependency[Principal]) -> ModelList:
-    return ModelList(_visible_models(request))
+    return ModelList(_visible_models(request, principal))
 
 
 @get("/v1/models/{model:path}", dependencies={"principal": Provide(provide_principal)}, tags=["models"],
      summary="Retrieve one model")
 async def retrieve_model(request: AnyRequest, principal: NamedDependency[Principal], model: FromPath[str]) -> Model:
     name = model.lstrip("/")
-    for entry in _visible_models(request):
+    for entry in _visible_models(request, principal):
         if entry.id == name:
             return entry
     raise ModelNotServedError(name)

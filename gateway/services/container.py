@@ -12,6 +12,7 @@ from gateway.engines.client import EngineClient
 from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
 from gateway.openai.decode import BodyLimits
+from gateway.services.catalog import ModelCatalog
 from gateway.services.inference import InferenceService
 from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings
@@ -26,6 +27,7 @@ class Services:
     http: HttpClient
     engines: EnginePool
     client: EngineClient
+    catalog: ModelCatalog
     meter: UsageMeter
     inference: InferenceService
     shutdown: ShutdownWatch

@@ -1,16 +1,16 @@
-"""The inference path: forward an OpenAI request to an engine replica, relay the answer, meter it.
+"""The inference path: run one call through the pipeline, forward it to an engine route, relay the answer.
 
-Framework-free: routes hand in the raw body and the decoded fields the gateway acts on, and get back a
-:class:`JsonReply` or a :class:`StreamReply` to turn into HTTP. Bodies go to the engine as they came,
-except that a stream always asks the engine for usage on every chunk, so a stream is metered with the
-tokens delivered however it ends; the usage the client did not ask for is taken out again (see
-``gateway.services.sse``).
+Framework-free: the route hands in a :class:`~gateway.services.call.Call` (principal, endpoint, decoded
+request, raw body, upstream headers) and gets back a :class:`JsonReply` or a :class:`StreamReply` to turn
+into HTTP. :class:`InferenceService` is the pipeline runner (see ``gateway.services.pipeline`` for the
+plug-in points): the built-in stream usage edit, model resolution to an engine route, the steps, the
+engine call, the answer or stream filters, and the observers, which see every call once, however it ended.
 
-Every call leaves one usage row, with an ``end_reason``: ``completed``, ``rejected`` (a 4xx: the
-gateway or the engine refused the request), ``client_disconnected``, ``engine_error``, ``timeout`` or
-``server_shutdown``. Requests refused after authentication but before any engine call (bad body, 413,
-...) are metered too (:meth:`InferenceService.record_rejected`). A model no engine serves is recorded
-under the one label ``unknown``, so clients cannot multiply the names in usage rows.
+Every call ends with an ``end_reason``: ``completed``, ``rejected`` (a 4xx: the gateway, a step or the
+engine refused the request), ``client_disconnected``, ``engine_error``, ``timeout`` or ``server_shutdown``.
+Requests refused after authentication but before the service ran (bad body, 413, ...) are observed too
+(:meth:`InferenceService.reject`). A model no route was found for is labelled ``unknown``
+(``Call.model_label``), so clients cannot multiply the names in usage rows.
 """
 
 from __future__ import annotations
@@ -18,29 +18,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import msgspec
+from msgspec import UNSET
 
 from gateway.auth.principal import Principal
-from gateway.engines.client import EngineClient, EngineReply
-from gateway.engines.errors import EngineError, EngineStreamBrokenError, ModelNotServedError
+from gateway.engines.client import EngineReply
+from gateway.engines.errors import EngineError, EngineStreamBrokenError
 from gateway.engines.normalize import normalize_error_body, redact
-from gateway.engines.replica import Purpose
-from gateway.engines.stream import EngineStream
+from gateway.engines.replica import Purpose, Replica
+from gateway.engines.routes import Route
 from gateway.errors import encode_error, error_body_for
+from gateway.openai.requests import EmbeddingRequest
+from gateway.services.call import UNKNOWN_MODEL, Call, Endpoint, EndReason
+from gateway.services.pipeline import Pipeline, StreamFilter
 from gateway.services.shutdown import ShutdownWatch
-from gateway.services.sse import DEFAULT_MAX_EVENT_BYTES, SseRelay, ask_for_running_usage, engine_failed_message
-from observability.usage import INT4_MAX, UsageEvent, UsageMeter
+from gateway.services.sse import (
+    DEFAULT_MAX_EVENT_BYTES,
+    HIDE_ALL_USAGE,
+    HIDE_RUNNING_USAGE,
+    SseRelay,
+    StreamUsage,
+    ask_for_running_usage,
+    engine_failed_message,
+    usage_filter,
+)
+
+__all__ = [
+    "SHUTTING_DOWN_CODE", "UNKNOWN_MODEL", "Call", "EndReason", "Endpoint", "EngineCalls", "EngineStreamLike",
+    "InferenceService", "JsonReply", "ModelResolver", "StreamReply", "end_reason_for",
+]
 
 log = logging.getLogger(__name__)
 
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
-EndReason = Literal["completed", "rejected", "client_disconnected", "engine_error", "timeout", "server_shutdown"]
-UNKNOWN_MODEL = "unknown"  # the model label of a request whose model no engine serves (or not known yet)
 SHUTTING_DOWN_CODE = "server_shutting_down"
 
 _PATHS: dict[Endpoint, tuple[str, Purpose]] = {
@@ -73,85 +86,129 @@ class StreamReply:
     chunks: AsyncIterator[bytes]
 
 
-@dataclass(slots=True)
-class CallContext:
-    """What one call needs besides its body; built by the route."""
+class EngineStreamLike(Protocol):
+    """What the runner needs of an open engine stream (``gateway.engines.EngineStream``)."""
 
-    principal: Principal
-    endpoint: Endpoint
-    model: str
-    request_id: str
-    started: float  # time.perf_counter() when the request arrived
-    arrived_at: datetime
-    stream: bool = False
-    wants_usage: bool = False
-    headers: dict[str, str] | None = None
+    @property
+    def replica(self) -> Replica: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EngineCalls(Protocol):
+    """What the runner needs of the engine client (``gateway.engines.EngineClient``; tests give a fake)."""
+
+    async def post(
+        self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> EngineReply: ...
+
+    async def open_stream(
+        self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> EngineReply | EngineStreamLike: ...
+
+
+class ModelResolver(Protocol):
+    """Public model -> engine route for one principal (``gateway.services.catalog.ModelCatalog``)."""
+
+    def resolve(self, principal: Principal, model: str, purpose: Purpose) -> Route: ...
 
 
 class InferenceService:
-    """``max_event_bytes``: the largest stream event taken from an engine. ``shutdown``: ends the streams
-    still running when a graceful stop is about to time out (see ``gateway.services.shutdown``)."""
+    """Runs calls through ``pipeline`` (steps, filters, observers; usage metering is one of its observers).
+
+    ``max_event_bytes``: the largest stream event taken from an engine. ``shutdown``: ends the streams
+    still running when a graceful stop is about to time out (see ``gateway.services.shutdown``).
+    """
 
     def __init__(
-        self, client: EngineClient, meter: UsageMeter, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        shutdown: ShutdownWatch | None = None,
+        self, client: EngineCalls, models: ModelResolver, pipeline: Pipeline | None = None, *,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, shutdown: ShutdownWatch | None = None,
     ) -> None:
+        pipeline = pipeline if pipeline is not None else Pipeline()
         self._client = client
-        self._meter = meter
+        self._models = models
+        self._steps = tuple(pipeline.steps)
+        self._answer_filters = tuple(pipeline.answer_filters)
+        service_filters: tuple[StreamFilter, ...] = tuple(pipeline.stream_filters)
+        # The filters of a stream call by the usage filter it needs: built once, so a call allocates none.
+        self._stream_filters: dict[StreamFilter | None, tuple[StreamFilter, ...]] = {
+            None: service_filters,
+            HIDE_ALL_USAGE: (HIDE_ALL_USAGE, *service_filters),
+            HIDE_RUNNING_USAGE: (HIDE_RUNNING_USAGE, *service_filters),
+        }
+        self._observers = tuple(pipeline.observers)
         self._max_event_bytes = max_event_bytes
         self._shutdown = shutdown if shutdown is not None else ShutdownWatch(0.0)
 
-    async def call(self, ctx: CallContext, body: bytes) -> JsonReply:
-        """A non-streaming call (chat, completions, embeddings)."""
-        path, purpose = _PATHS[ctx.endpoint]
+    async def run(self, call: Call) -> JsonReply | StreamReply:
+        """Run one call whose request and body the route has read; errors before the first byte are
+        raised (and observed) for the route to answer, with ``call.response_headers``."""
+        path, purpose = _PATHS[call.endpoint]
+        client = self._client
         try:
-            reply = await self._client.post(ctx.model, purpose, path, body, ctx.headers)
-        except EngineError as exc:
-            self._record_failure(ctx, exc)
-            raise
+            await self._prepare(call, purpose)
+            assert call.route is not None
+            if call.stream:
+                opened = await client.open_stream(call.route, path, call.engine_body(), call.upstream_headers)
+            else:
+                reply = await client.post(call.route, path, call.engine_body(), call.upstream_headers)
         except asyncio.CancelledError:
-            self._record_cancelled(ctx)
+            self._end(call, *self._cancelled_outcome())
             raise
+        except Exception as exc:
+            self.reject(call, exc)
+            raise
+        if call.stream:
+            if isinstance(opened, EngineReply):
+                return self._engine_error_reply(call, opened)
+            return self._start_relay(call, opened)
         if reply.status != 200:
-            return self._engine_error_reply(ctx, reply)
+            return self._engine_error_reply(call, reply)
+        return self._answer(call, reply)
+
+    async def _prepare(self, call: Call, purpose: Purpose) -> None:
+        """The built-in parts before the engine call, then the steps."""
+        request = call.request
+        if call.stream and request is not None and not isinstance(request, EmbeddingRequest):
+            ask_for_running_usage(call, request.stream_options is not UNSET)
+            call.stream_filters = self._stream_filters[usage_filter(call)]
+        elif self._answer_filters:
+            call.answer_filters = self._answer_filters
+        call.route = self._models.resolve(call.principal, call.model, purpose)
+        for step in self._steps:
+            await step(call)
+
+    def _answer(self, call: Call, reply: EngineReply) -> JsonReply:
+        call.replica = reply.replica
+        body = reply.body
         try:
-            usage = _decode_usage(reply.body).usage
+            usage = _decode_usage(body).usage
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self._record(ctx, 502, "engine_bad_response")
+            self._end(call, 502, "engine_bad_response", "engine_error")
             message = "The engine answered with a body that is not a valid response."
             return JsonReply(502, encode_error(message, "server_error", None, "engine_bad_response"))
-        self._record(ctx, 200, None, usage)
-        return JsonReply(200, reply.body)
+        if call.answer_filters:
+            try:
+                for answer_filter in call.answer_filters:
+                    body = answer_filter.answer(body)
+            except Exception as exc:
+                self.reject(call, exc)
+                raise
+        self._end(call, 200, None, "completed", usage)
+        return JsonReply(200, body)
 
-    async def open_stream(self, ctx: CallContext, body: bytes, stream_options_present: bool) -> JsonReply | StreamReply:
-        """Start a streaming call; errors before the first byte are answered as ordinary JSON errors."""
-        path, purpose = _PATHS[ctx.endpoint]
-        try:
-            body, running_usage = ask_for_running_usage(body, stream_options_present)
-        except Exception as exc:
-            self.record_rejected(ctx, exc)
-            raise
-        try:
-            opened = await self._client.open_stream(ctx.model, purpose, path, body, ctx.headers)
-        except EngineError as exc:
-            self._record_failure(ctx, exc)
-            raise
-        except asyncio.CancelledError:
-            self._record_cancelled(ctx)
-            raise
-        if isinstance(opened, EngineReply):
-            return self._engine_error_reply(ctx, opened)
-        relay = SseRelay(
-            keep_usage_chunk=ctx.wants_usage, keep_running_usage=running_usage,
-            max_event_bytes=self._max_event_bytes, request_id=ctx.request_id,
-        )
+    def _start_relay(self, call: Call, stream: EngineStreamLike) -> StreamReply:
+        call.replica = stream.replica
+        relay = SseRelay(call.stream_filters, max_event_bytes=self._max_event_bytes, request_id=call.request_id)
         run = _StreamRun()
-        chunks = self._relay(ctx, opened, relay, run)
+        chunks = self._relay(call, stream, relay, run)
         run.agen = chunks
         return StreamReply(chunks)
 
     async def _relay(
-        self, ctx: CallContext, stream: EngineStream, relay: SseRelay, run: _StreamRun
+        self, call: Call, stream: EngineStreamLike, relay: SseRelay, run: _StreamRun
     ) -> AsyncGenerator[bytes, None]:
         outcome: _Outcome = _COMPLETED
         ttft = None
@@ -162,7 +219,7 @@ class InferenceService:
                 out = relay.feed(raw)
                 if out:
                     if ttft is None:
-                        ttft = (time.perf_counter() - ctx.started) * 1000.0
+                        ttft = (time.perf_counter() - call.started) * 1000.0
                     yield out
                     if run.cut_requested and not relay.saw_done:  # asked while the client took that chunk
                         raise _StreamCutError
@@ -191,18 +248,19 @@ class InferenceService:
             self._shutdown.untrack(run)
             await stream.aclose()
             status, error_code, reason = outcome
-            self._record(ctx, status, error_code, relay.metered_usage(), ttft, reason)
+            self._end(call, status, error_code, reason, relay.metered_usage(), ttft)
 
-    def record_rejected(self, ctx: CallContext, exc: BaseException) -> None:
-        """Meter a request refused before any engine call (after authentication): 0 tokens, its status
-        and error code, the model as ``unknown`` (a name no engine confirmed)."""
+    def reject(self, call: Call, exc: BaseException) -> None:
+        """Observe a call refused with ``exc`` (by the route before the service ran, a step, or the engine
+        layer before any answer): 0 tokens, its status and error code."""
         body = error_body_for(exc)
-        self._record(ctx, body.status, body.code, model=UNKNOWN_MODEL)
+        self._end(call, body.status, body.code, end_reason_for(body.status))
 
-    def _engine_error_reply(self, ctx: CallContext, reply: EngineReply) -> JsonReply:
+    def _engine_error_reply(self, call: Call, reply: EngineReply) -> JsonReply:
+        call.replica = reply.replica
         if 400 <= reply.status < 500:  # the engine refused the tenant's request: its words reach the tenant
             info = normalize_error_body(reply.status, reply.body)
-            self._record(ctx, reply.status, info.code or info.type)
+            self._end(call, reply.status, info.code or info.type, end_reason_for(reply.status))
             return JsonReply(reply.status, msgspec.json.encode(info.to_openai()))
         # The engine failed: what it said is for the operator (logged, redacted), not for the tenant.
         log.warning(
@@ -210,14 +268,9 @@ class InferenceService:
             redact(reply.body[:4096].decode("utf-8", "replace")) or "(empty body)",
             extra={"engine": reply.replica.display_url},
         )
-        self._record(ctx, 502, "engine_error")
-        message = engine_failed_message(ctx.request_id)
+        self._end(call, 502, "engine_error", "engine_error")
+        message = engine_failed_message(call.request_id)
         return JsonReply(502, encode_error(message, "server_error", None, "engine_error"))
-
-    def _record_failure(self, ctx: CallContext, exc: EngineError) -> None:
-        body = error_body_for(exc)
-        model = UNKNOWN_MODEL if isinstance(exc, ModelNotServedError) else None
-        self._record(ctx, body.status, body.code, model=model)
 
     def _cancelled_outcome(self) -> _Outcome:
         """Why a call was cancelled: the server cancels what is left when its drain time is up; otherwise
@@ -229,28 +282,24 @@ class InferenceService:
         up right after it)."""
         return _outcome_of(relay) if relay.saw_done else self._cancelled_outcome()
 
-    def _record_cancelled(self, ctx: CallContext) -> None:
-        status, code, reason = self._cancelled_outcome()
-        self._record(ctx, status, code, end_reason=reason)
-
-    def _record(
-        self, ctx: CallContext, status: int, error_code: str | None, usage: Any = None,
-        ttft_ms: float | None = None, end_reason: EndReason | None = None, model: str | None = None,
+    def _end(
+        self, call: Call, status: int, error_code: str | None, end_reason: EndReason,
+        usage: _Usage | StreamUsage | None = None, ttft_ms: float | None = None,
     ) -> None:
-        prompt = completion = 0
-        if usage is not None:  # an engine's counts, clamped to what a usage row can hold
-            prompt = min(max(usage.prompt_tokens or 0, 0), INT4_MAX)
-            completion = min(max(usage.completion_tokens or 0, 0), INT4_MAX)
-        p = ctx.principal
-        self._meter.record(
-            UsageEvent(
-                created_at=ctx.arrived_at, request_id=ctx.request_id, tenant_id=p.tenant_id, key_id=p.key_id,
-                endpoint=ctx.endpoint, model=storable_model_name(model or ctx.model), stream=ctx.stream,
-                status_code=status, error_code=error_code, prompt_tokens=prompt, completion_tokens=completion,
-                latency_ms=(time.perf_counter() - ctx.started) * 1000.0, ttft_ms=ttft_ms,
-                end_reason=end_reason or end_reason_for(status),
-            )
-        )
+        """Set the call's outcome and show it to every observer (once per call)."""
+        call.status = status
+        call.error_code = error_code
+        call.end_reason = end_reason
+        if usage is not None:
+            call.prompt_tokens = usage.prompt_tokens or 0
+            call.completion_tokens = usage.completion_tokens or 0
+        call.ttft_ms = ttft_ms
+        call.latency_ms = (time.perf_counter() - call.started) * 1000.0
+        for observer in self._observers:
+            try:
+                observer(call)
+            except Exception:  # one observer's bug must not cost the others their view, nor the client its answer
+                log.exception("pipeline observer %r failed", observer)
 
 
 def end_reason_for(status: int) -> EndReason:
@@ -315,15 +364,6 @@ class _StreamRun:
     def was_cut(self) -> bool:
         """Whether the cancellation being handled is :meth:`cut`'s alone (then it is taken back)."""
         return self.cancelled and self.task is not None and self.task.uncancel() == 0
-
-
-MAX_STORED_MODEL_NAME = 256
-
-
-def storable_model_name(model: str) -> str:
-    """The model name as a usage row can hold it: a client's name may be anything, and Postgres text
-    cannot hold NUL, which would fail the whole batch it is written in."""
-    return model.replace("\x00", "\ufffd")[:MAX_STORED_MODEL_NAME]
 
 
 def _error_event(message: str, type_: str, code: str | None) -> bytes:

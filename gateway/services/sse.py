@@ -1,12 +1,14 @@
-"""Relaying an engine's server-sent events: usage capture, error normalisation, nothing buffered whole.
+"""Relaying an engine's server-sent events: framing, usage capture, error normalisation, stream filters.
 
 Each complete event (``data: ...`` ended by a blank line) is passed on as soon as it has arrived. The
 gateway asks the engine for running usage on every chunk (``stream_options.include_usage`` and
-``continuous_usage_stats``, see :func:`ask_for_running_usage`), so the tokens delivered are known whenever
-a stream ends. An event mentioning ``"usage"`` is decoded with a small typed decoder (the usage and the
-choices kept raw); for a client that did not ask for running usage the usage is cut out of the event's
-bytes (a slice, no re-encoding), and the final usage-only chunk is held back from one that did not ask
-for usage at all: each client sees the chunks vLLM would have sent it. Other events go on as the same bytes.
+``continuous_usage_stats``, a body edit: see :func:`ask_for_running_usage`), so the tokens delivered are
+known whenever a stream ends: the relay takes the latest usage of every event that carries one (kept as
+bytes, decoded only when metered). The usage the client did not ask for is then taken out again by a stream
+filter, :class:`HideUsage`, the first of the call's filters: the final usage-only chunk is held back from a
+client that did not ask for usage, and running usage is cut out of the event's bytes (a slice, no
+re-encoding) for one that did not ask for it: each client sees the chunks vLLM would have sent it. Other
+events go on as the same bytes, through the call's other filters if it has any.
 
 A pending (incomplete) event is kept as a list of pieces, joined once when its separator arrives, and
 capped at ``max_event_bytes``: past it the stream fails with ``EngineBadResponseError``.
@@ -21,6 +23,8 @@ import msgspec
 from gateway.engines.errors import EngineBadResponseError
 from gateway.engines.normalize import ErrorInfo, parse_stream_error
 from gateway.errors import InvalidRequestError
+from gateway.services.call import Call
+from gateway.services.pipeline import StreamFilter
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +58,20 @@ _decode_options = msgspec.json.Decoder(dict[str, msgspec.Raw] | None).decode
 class SseRelay:
     """Feed it the engine's bytes; it returns the bytes to send to the client.
 
-    ``keep_usage_chunk``: the client asked for usage (``include_usage``), so the final usage-only chunk
-    is passed on. ``keep_running_usage``: it asked for usage on every chunk too (``continuous_usage_stats``).
+    ``filters``: the call's stream filters, in order (see ``gateway.services.pipeline``).
     """
 
     def __init__(
-        self, *, keep_usage_chunk: bool, keep_running_usage: bool = False,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, request_id: str | None = None,
+        self, filters: tuple[StreamFilter, ...] = (), *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        request_id: str | None = None,
     ) -> None:
-        self._keep_usage_chunk = keep_usage_chunk
-        self._keep_running_usage = keep_running_usage and keep_usage_chunk
+        self._filters = filters
         self._max_event_bytes = max_event_bytes
         self._request_id = request_id
         self._parts: list[bytes] = []
         self._pending = 0
         self._usage: bytes | msgspec.Raw | None = None  # the latest usage object, as the engine wrote it
-        self.relayed = 0  # events with choices passed to the client: the count when the engine sends no usage
+        self.relayed = 0  # events with choices from the engine: the count when the engine sends no usage
         self.error: ErrorInfo | None = None
         self.saw_done = False
 
@@ -134,56 +136,46 @@ class SseRelay:
             return b""
         if event.startswith(_DONE):
             self.saw_done = True
+            if self._filters:
+                return b"".join([f.before_done() for f in self._filters]) + event + _SEP
             return event + _SEP
         if not event.startswith(b"data:"):
             return event + _SEP  # a comment or another field: passed on as it is
         at = event.rfind(_USAGE_KEY)
-        if at > 0:
-            kept = self._usage_event(event, at)
-            if kept is not None:
-                return kept
-        if b'"error"' in event:
-            info = parse_stream_error(event[5:].strip())
-            if info is not None:
-                self.error = info = self._public_error(info)
-                return b"data: " + msgspec.json.encode(info.to_openai()) + _SEP
-        self.relayed += 1
-        return event + _SEP
+        if at <= 0 or not self._take_usage(event, at):
+            if b'"error"' in event:
+                info = parse_stream_error(event[5:].strip())
+                if info is not None:
+                    self.error = info = self._public_error(info)
+                    return b"data: " + msgspec.json.encode(info.to_openai()) + _SEP
+            self.relayed += 1
+        out = event + _SEP
+        for f in self._filters:
+            out = f.event(out)
+            if not out:
+                return b""
+        return out
 
-    def _usage_event(self, event: bytes, at: int) -> bytes | None:
-        """Take the usage of a chunk; the bytes to send for it, or None when it carries no usage.
-
-        Fast path, no decoding: vLLM writes compact JSON with ``"usage"`` a flat object and the last
-        member, right after ``"choices"``; the counts are kept as bytes and decoded only when metered.
-        Any other layout is decoded (top level only, values raw).
-        """
-        if event.endswith(b"}}") and event[at - 1] == 0x2C:  # `,"usage":{...}}`
-            usage = event[at + 8 : -1]
-            if usage.count(b"{") == 1 and usage.count(b"}") == 1 and b"[" not in usage:
-                if event[at - 13 : at - 1] == b'"choices":[]':  # the final usage-only chunk
-                    self._usage = usage
-                    return event + _SEP if self._keep_usage_chunk else b""
-                if event[at - 3 : at - 1] == b"}]":  # after a non-empty "choices"
-                    self._usage = usage
-                    self.relayed += 1
-                    return event + _SEP if self._keep_running_usage else event[: at - 1] + _CLOSE_SEP
-        return self._decoded_usage_event(event)
-
-    def _decoded_usage_event(self, event: bytes) -> bytes | None:
+    def _take_usage(self, event: bytes, at: int) -> bool:
+        """Keep the usage of an event that carries one (counting it when it has choices); False when none."""
+        end = len(event)
+        kind = _usage_layout(event, at, end)
+        if kind:
+            self._usage = event[at + 8 : end - 1]
+            if kind == _WITH_CHOICES:
+                self.relayed += 1
+            return True
         try:
             chunk = _decode_chunk(memoryview(event)[5:])
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+            return False
         usage = chunk.usage
         if not usage or usage == _NULL:
-            return None
+            return False
         self._usage = usage
-        if chunk.choices == []:  # the final usage-only chunk
-            return event + _SEP if self._keep_usage_chunk else b""
-        self.relayed += 1
-        if self._keep_running_usage:
-            return event + _SEP
-        return _without_usage(event, usage) + _SEP
+        if chunk.choices != []:
+            self.relayed += 1
+        return True
 
     def _public_error(self, info: ErrorInfo) -> ErrorInfo:
         """An engine's own failure is logged and shown to the tenant in neutral words; the tenant's errors
@@ -198,6 +190,72 @@ def engine_failed_message(request_id: str | None) -> str:
     return f"The engine failed to process the request (request id {request_id})."
 
 
+_USAGE_ONLY = 1  # the final chunk: `"choices":[],"usage":{...}}`
+_WITH_CHOICES = 2  # a chunk with running usage after a non-empty `"choices"`
+
+
+def _usage_layout(event: bytes, at: int, end: int) -> int:
+    """Where vLLM puts usage (compact JSON, ``"usage"`` a flat object and the last member, right after
+    ``"choices"``): ``_USAGE_ONLY``, ``_WITH_CHOICES``, or 0 for any other layout (then decode). ``at``: where
+    ``"usage":`` begins; ``end``: where the event's JSON ends."""
+    if event[end - 2 : end] == b"}}" and event[at - 1] == 0x2C:  # `,"usage":{...}}`
+        usage = event[at + 8 : end - 1]
+        if usage.count(b"{") == 1 and usage.count(b"}") == 1 and b"[" not in usage:
+            if event[at - 13 : at - 1] == b'"choices":[]':
+                return _USAGE_ONLY
+            if event[at - 3 : at - 1] == b"}]":
+                return _WITH_CHOICES
+    return 0
+
+
+class HideUsage:
+    """The stream filter that takes out the usage the gateway asked for and the client did not.
+
+    ``keep_final``: the client asked for the final usage-only chunk (``include_usage``) but not for usage
+    on every chunk. Stateless: the two instances serve every call.
+    """
+
+    __slots__ = ("_keep_final",)
+
+    def __init__(self, *, keep_final: bool) -> None:
+        self._keep_final = keep_final
+
+    def event(self, event: bytes) -> bytes:
+        at = event.rfind(_USAGE_KEY)
+        if at <= 0:
+            return event
+        end = len(event) - 2 if event.endswith(_SEP) else len(event)
+        kind = _usage_layout(event, at, end)
+        if kind == _USAGE_ONLY:
+            return event if self._keep_final else b""
+        if kind == _WITH_CHOICES:
+            return event[: at - 1] + _CLOSE_SEP
+        try:
+            chunk = _decode_chunk(memoryview(event)[5:])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return event
+        usage = chunk.usage
+        if not usage or usage == _NULL:
+            return event
+        if chunk.choices == []:
+            return event if self._keep_final else b""
+        return _without_usage(event[:end], usage) + _SEP
+
+    def before_done(self) -> bytes:
+        return b""
+
+
+HIDE_ALL_USAGE = HideUsage(keep_final=False)
+HIDE_RUNNING_USAGE = HideUsage(keep_final=True)
+
+
+def usage_filter(call: Call) -> HideUsage | None:
+    """The usage filter a stream call needs, if any (after :func:`ask_for_running_usage`)."""
+    if not call.wants_usage:
+        return HIDE_ALL_USAGE
+    return None if call.client_running_usage else HIDE_RUNNING_USAGE
+
+
 def _without_usage(event: bytes, usage: msgspec.Raw) -> bytes:
     """``event`` without its top-level ``"usage"`` member: cut out of the bytes where vLLM put it (compact,
     after a comma), else by re-encoding the top level (the other values stay as raw bytes)."""
@@ -210,29 +268,28 @@ def _without_usage(event: bytes, usage: msgspec.Raw) -> bytes:
     return b"data: " + msgspec.json.encode(doc)
 
 
-_ENGINE_OPTIONS = b'"stream_options":{"include_usage":true,"continuous_usage_stats":true},'
+_ENGINE_OPTIONS = b'{"include_usage":true,"continuous_usage_stats":true}'
 
 
-def ask_for_running_usage(body: bytes, stream_options_present: bool) -> tuple[bytes, bool]:
-    """The body to send for a stream: ``stream_options`` asks for usage on every chunk. Also returns whether
-    the client itself asked for that (``include_usage`` and ``continuous_usage_stats`` both true).
+def ask_for_running_usage(call: Call, stream_options_present: bool) -> None:
+    """The body edit of every stream: ``stream_options`` asks the engine for usage on every chunk. Sets
+    ``call.client_running_usage`` (the client asked for that itself: ``include_usage`` and
+    ``continuous_usage_stats`` both true).
 
-    An absent field is spliced in without touching the rest. A present one is merged: only the top level is
-    decoded, its values kept as raw bytes (a ``1e999`` elsewhere in the body goes on as it came), and the
-    client's other stream options are kept.
+    An absent field is spliced in without touching the rest. A present one is merged: the client's other
+    stream options are kept (only the top level is decoded, see ``Call.engine_body``).
     """
     if not stream_options_present:
-        start = body.find(b"{")
-        return body[: start + 1] + _ENGINE_OPTIONS + body[start + 1 :], False
-    doc = _decode_top(body)
-    options = _decode_options(doc.get("stream_options", _NULL)) or {}
+        call.set_field("stream_options", _ENGINE_OPTIONS, absent=True)
+        call.client_running_usage = False
+        return
+    options = _decode_options(call.top_level().get("stream_options", _NULL)) or {}
     continuous = options.get("continuous_usage_stats", _NULL)
     if continuous not in _BOOL_OR_NULL:
         raise InvalidRequestError(
             "'stream_options.continuous_usage_stats' must be a boolean.",
             param="stream_options.continuous_usage_stats", code="invalid_value",
         )
-    running = options.get("include_usage") == _TRUE and continuous == _TRUE
+    call.client_running_usage = options.get("include_usage") == _TRUE and continuous == _TRUE
     options["include_usage"] = options["continuous_usage_stats"] = _TRUE
-    doc["stream_options"] = msgspec.Raw(msgspec.json.encode(options))
-    return msgspec.json.encode(doc), running
+    call.set_field("stream_options", msgspec.json.encode(options))

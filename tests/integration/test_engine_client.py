@@ -94,8 +94,8 @@ def fail_requests_to(monkeypatch: pytest.MonkeyPatch, http: HttpClient, replica:
     monkeypatch.setattr(http, "request", request)
 
 
-async def open_ok_stream(client: EngineClient, body: bytes) -> EngineStream:
-    stream = await client.open_stream("fake-chat", "generate", CHAT, body)
+async def open_ok_stream(client: EngineClient, pool: EnginePool, body: bytes) -> EngineStream:
+    stream = await client.open_stream(pool.route("fake-chat", "generate"), CHAT, body)
     assert isinstance(stream, EngineStream)
     return stream
 
@@ -103,7 +103,8 @@ async def open_ok_stream(client: EngineClient, body: bytes) -> EngineStream:
 async def test_post_forwards_body_and_headers(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     body = chat_body()
-    reply = await client.post("fake-chat", "generate", CHAT, body, {"traceparent": "00-1-2-01", "x-request-id": "r1"})
+    route = pool.route("fake-chat", "generate")
+    reply = await client.post(route, CHAT, body, {"traceparent": "00-1-2-01", "x-request-id": "r1"})
     assert reply.status == 200
     assert reply.json()["choices"][0]["message"]["content"] == " ".join(FakeVLLM.answer_words("hi", 4))
     target = servers[0] if reply.replica is pool.replicas[0] else servers[1]
@@ -111,7 +112,8 @@ async def test_post_forwards_body_and_headers(http: HttpClient, servers: list[Fa
     assert target.last_headers["Content-Type"] == "application/json"
     assert target.last_headers["traceparent"] == "00-1-2-01"
     assert target.last_headers["X-Request-Id"] == "r1"
-    embed = await client.post("fake-embed", "embed", "/v1/embeddings", b'{"model": "fake-embed", "input": "x"}')
+    embed_route = pool.route("fake-embed", "embed")
+    embed = await client.post(embed_route, "/v1/embeddings", b'{"model": "fake-embed", "input": "x"}')
     assert embed.replica is pool.replicas[2]
     assert len(embed.json()["data"][0]["embedding"]) == 384
     assert in_flight(pool) == [0, 0, 0]
@@ -121,10 +123,10 @@ async def test_non_200_is_a_reply(http: HttpClient, servers: list[FakeVLLM]) -> 
     client, pool = await make_client(http, servers)
     for fake in servers[:2]:
         fake.set_models(("other",))  # the pool still believes they serve fake-chat
-    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    reply = await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     assert reply.status == 404
     assert reply.json()["error"]["type"] == "NotFoundError"
-    streamed = await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+    streamed = await client.open_stream(pool.route("fake-chat", "generate"), CHAT, chat_body(stream=True))
     assert isinstance(streamed, EngineReply)
     assert streamed.status == 404
     assert in_flight(pool) == [0, 0, 0]
@@ -135,7 +137,7 @@ async def test_stream_arrives_incrementally(http: HttpClient, servers: list[Fake
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.chunk_delay = 0.1
-    stream = await open_ok_stream(client, chat_body(5, stream=True))
+    stream = await open_ok_stream(client, pool, chat_body(5, stream=True))
     async with stream:
         assert stream.content_type == "text/event-stream"
         chunks: list[bytes] = []
@@ -159,7 +161,8 @@ async def test_concurrent_requests_spread_by_load(http: HttpClient, servers: lis
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.header_delay = 0.2
-    replies = await asyncio.gather(*(client.post("fake-chat", "generate", CHAT, chat_body()) for _ in range(6)))
+    route = pool.route("fake-chat", "generate")
+    replies = await asyncio.gather(*(client.post(route, CHAT, chat_body()) for _ in range(6)))
     assert all(r.status == 200 for r in replies)
     assert (servers[0].request_count, servers[1].request_count) == (3, 3)
     assert in_flight(pool) == [0, 0, 0]
@@ -170,7 +173,7 @@ async def test_retry_lands_on_the_live_replica(http: HttpClient, servers: list[F
     down, live = pool.replicas[0], pool.replicas[1]
     await servers[0].stop()
     live.in_flight = 1  # so the pool tries the dead (idle-looking) replica first
-    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    reply = await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     live.in_flight = 0
     assert reply.status == 200
     assert reply.replica is live
@@ -186,19 +189,19 @@ async def test_all_down_is_unavailable(http: HttpClient, servers: list[FakeVLLM]
     await servers[0].stop()
     await servers[1].stop()
     with pytest.raises(EngineUnavailableError) as exc_info:
-        await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+        await client.open_stream(pool.route("fake-chat", "generate"), CHAT, chat_body(stream=True))
     assert "could be reached" in exc_info.value.message
     assert not pool.replicas[0].healthy
     assert not pool.replicas[1].healthy
     with pytest.raises(EngineUnavailableError):  # known model, nothing healthy: no attempt at all
-        await client.post("fake-chat", "generate", CHAT, chat_body())
+        await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     assert in_flight(pool) == [0, 0, 0]
 
 
 async def test_unknown_model(http: HttpClient, servers: list[FakeVLLM]) -> None:
-    client, _ = await make_client(http, servers)
+    _, pool = await make_client(http, servers)
     with pytest.raises(ModelNotServedError):
-        await client.post("nope", "generate", CHAT, chat_body(model="nope"))
+        pool.route("nope", "generate")
     assert servers[0].request_count + servers[1].request_count == 0
 
 
@@ -213,8 +216,8 @@ async def test_an_engine_closing_after_the_request_is_a_502_sent_once(
     loop = asyncio.get_running_loop()
     for attempt in range(2):
         sending = (
-            client.post("fake-chat", "generate", CHAT, chat_body()) if attempt == 0
-            else client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+            client.post(pool.route("fake-chat", "generate"), CHAT, chat_body()) if attempt == 0
+            else client.open_stream(pool.route("fake-chat", "generate"), CHAT, chat_body(stream=True))
         )
         with pytest.raises(EngineStreamBrokenError) as exc_info:
             await sending
@@ -225,7 +228,7 @@ async def test_an_engine_closing_after_the_request_is_a_502_sent_once(
         assert in_flight(pool) == [0, 0, 0]
     for fake in servers[:2]:
         fake.faults.drop_requests = 0
-    assert (await client.post("fake-chat", "generate", CHAT, chat_body())).status == 200
+    assert (await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())).status == 200
 
 
 async def test_a_200_stream_that_is_not_an_event_stream_is_a_bad_response(
@@ -237,14 +240,14 @@ async def test_a_200_stream_that_is_not_an_event_stream_is_a_bad_response(
         fake.faults.content_type = "text/html"
         fake.faults.body = b"<html>internal proxy page at 10.0.0.7</html>" * 1000
     with pytest.raises(EngineBadResponseError) as exc_info:
-        await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+        await client.open_stream(pool.route("fake-chat", "generate"), CHAT, chat_body(stream=True))
     assert exc_info.value.code == "engine_bad_response"
     assert "html" not in exc_info.value.message and "10.0.0.7" not in exc_info.value.message
     assert in_flight(pool) == [0, 0, 0]
     assert health(pool) == [True, True, True]
     for fake in servers[:2]:
         fake.faults.content_type = "text/event-stream"
-    stream = await open_ok_stream(client, chat_body(stream=True))  # the media type is all that is checked
+    stream = await open_ok_stream(client, pool, chat_body(stream=True))  # the media type is all that is checked
     await stream.aclose()
 
 
@@ -256,7 +259,7 @@ async def test_an_answer_past_the_size_cap_is_a_bad_response(servers: list[FakeV
             fake.faults.status = 200
             fake.faults.body = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
         with pytest.raises(EngineBadResponseError) as exc_info:
-            await client.post("fake-chat", "generate", CHAT, chat_body())
+            await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
         assert exc_info.value.code == "engine_bad_response"
         assert "larger than the gateway accepts" in exc_info.value.message
         assert servers[0].request_count + servers[1].request_count == 1
@@ -264,7 +267,7 @@ async def test_an_answer_past_the_size_cap_is_a_bad_response(servers: list[FakeV
         for fake in servers[:2]:
             fake.faults.status = 500  # an error answer is read whole too
         with pytest.raises(EngineBadResponseError):
-            await client.open_stream("fake-chat", "generate", CHAT, chat_body(stream=True))
+            await client.open_stream(pool.route("fake-chat", "generate"), CHAT, chat_body(stream=True))
         assert in_flight(pool) == [0, 0, 0]
         assert health(pool) == [True, True, True]
     finally:
@@ -278,7 +281,7 @@ async def test_first_byte_timeout(http: HttpClient, servers: list[FakeVLLM]) -> 
         fake.faults.header_delay = 2.0
     started = time.perf_counter()
     with pytest.raises(EngineTimeoutError) as exc_info:
-        await client.post("fake-chat", "generate", CHAT, chat_body())
+        await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     assert time.perf_counter() - started < 1.0
     assert exc_info.value.code == "engine_timeout"
     assert servers[0].request_count + servers[1].request_count == 1  # never retried
@@ -294,7 +297,7 @@ async def test_total_timeout_mid_stream(http: HttpClient, servers: list[FakeVLLM
     client, pool = await make_client(http, servers, timeouts)
     for fake in servers:
         fake.faults.chunk_delay = 0.1
-    stream = await open_ok_stream(client, chat_body(20, stream=True))
+    stream = await open_ok_stream(client, pool, chat_body(20, stream=True))
     received: list[bytes] = []
     with pytest.raises(EngineTimeoutError):
         await drain(stream, received)
@@ -306,7 +309,7 @@ async def test_death_mid_stream(http: HttpClient, servers: list[FakeVLLM]) -> No
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.die_after_chunks = 3
-    stream = await open_ok_stream(client, chat_body(10, stream=True))
+    stream = await open_ok_stream(client, pool, chat_body(10, stream=True))
     received: list[bytes] = []
     with pytest.raises(EngineStreamBrokenError) as exc_info:
         await drain(stream, received, close=False)
@@ -322,14 +325,14 @@ async def test_garbage(http: HttpClient, servers: list[FakeVLLM]) -> None:
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.garbage = True
-    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    reply = await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     assert reply.status == 200
     with pytest.raises(EngineBadResponseError):
         reply.json()
     for fake in servers:
         fake.faults.raw_garbage = True
     with pytest.raises(EngineBadResponseError) as exc_info:
-        await client.post("fake-chat", "generate", CHAT, chat_body())
+        await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     assert exc_info.value.code == "engine_bad_response"
     assert servers[0].request_count + servers[1].request_count == 2  # the bad answer was not retried
     assert in_flight(pool) == [0, 0, 0]
@@ -339,7 +342,7 @@ async def test_aclose_half_read_aborts_upstream(http: HttpClient, servers: list[
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.chunk_delay = 0.05
-    stream = await open_ok_stream(client, chat_body(50, stream=True))
+    stream = await open_ok_stream(client, pool, chat_body(50, stream=True))
     async with stream:
         first = await anext(stream)
         assert first.startswith(b"data: ")
@@ -356,7 +359,7 @@ async def test_cancelled_caller_aborts_upstream(http: HttpClient, servers: list[
     client, pool = await make_client(http, servers)
     for fake in servers:
         fake.faults.header_delay = 5.0
-    task = asyncio.create_task(client.post("fake-chat", "generate", CHAT, chat_body()))
+    task = asyncio.create_task(client.post(pool.route("fake-chat", "generate"), CHAT, chat_body()))
     await asyncio.sleep(0.1)
     assert sorted(in_flight(pool)) == [0, 0, 1]
     target = servers[in_flight(pool).index(1)]
@@ -374,7 +377,7 @@ async def test_cancelled_while_iterating(http: HttpClient, servers: list[FakeVLL
         fake.faults.chunk_delay = 0.5
 
     async def consume() -> None:
-        stream = await open_ok_stream(client, chat_body(10, stream=True))
+        stream = await open_ok_stream(client, pool, chat_body(10, stream=True))
         await drain(stream, [], close=False)
 
     task = asyncio.create_task(consume())
@@ -396,14 +399,14 @@ async def test_connect_timeout_moves_on_without_marking_the_replica_down(
     slow, live = pool.replicas[0], pool.replicas[1]
     live.in_flight = 1  # so the pool tries the slow replica first
     fail_requests_to(monkeypatch, http, slow, ConnectTimeoutError("connect timed out"))
-    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    reply = await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     live.in_flight = 0
     assert reply.status == 200
     assert reply.replica is live
     assert slow.healthy, "a connect timeout alone must not take the replica out of rotation"
     monkeypatch.setattr(live, "healthy", False)
     with pytest.raises(EngineUnavailableError) as exc_info:  # the only one left times out: 503, still healthy
-        await client.post("fake-chat", "generate", CHAT, chat_body())
+        await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     assert "connect timed out" in exc_info.value.message
     assert slow.healthy
     assert in_flight(pool) == [0, 0, 0]
@@ -417,7 +420,7 @@ async def test_a_local_connect_failure_does_not_take_the_replica_down(
     first, second = pool.replicas[0], pool.replicas[1]
     second.in_flight = 1  # so the pool tries the first replica first
     fail_requests_to(monkeypatch, http, first, ConnectError("Too many open files", local=True))
-    reply = await client.post("fake-chat", "generate", CHAT, chat_body())
+    reply = await client.post(pool.route("fake-chat", "generate"), CHAT, chat_body())
     second.in_flight = 0
     assert reply.replica is second
     assert first.healthy

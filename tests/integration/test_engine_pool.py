@@ -70,10 +70,14 @@ async def test_refresh_discovers_models(http: HttpClient, servers: list[FakeVLLM
     await pool.refresh()
     assert all(r.healthy and r.last_check is not None for r in pool.replicas)
     assert pool.replicas[0].models == {"chat-a", "chat-b"}
-    assert pool.replicas[0].model_cards["chat-a"]["owned_by"] == "vllm"
-    ids = [(m["id"], m["purpose"]) for m in pool.models()]
+    card = pool.replicas[0].model_cards["chat-a"]
+    assert (card.owned_by, card.max_model_len, card.parent, card.is_adapter) == ("vllm", 2048, None, False)
+    ids = [(r.engine_model, r.purpose) for r in pool.routes()]
     assert ids == [("chat-a", "generate"), ("chat-b", "generate"), ("embed-a", "embed")]
-    assert [m["id"] for m in pool.models("embed")] == ["embed-a"]
+    assert [r.engine_model for r in pool.routes("embed")] == ["embed-a"]
+    first, second, _ = pool.replicas
+    assert pool.route("chat-a", "generate").replicas == (first, second)
+    assert pool.route("chat-b", "generate").replicas == (first,)
     ready, details = pool.readiness()
     assert ready
     assert details["models"]["chat-a"] == {"purpose": "generate", "replicas": 2, "healthy_replicas": 2}
@@ -119,7 +123,7 @@ async def test_unknown_vs_unavailable_model(http: HttpClient, servers: list[Fake
         pool.choose("chat-b", "generate")
     assert unavailable.value.code == "engine_unavailable"
     assert pool.choose("chat-a", "generate") is pool.replicas[1]
-    assert [m["id"] for m in pool.models("generate")] == ["chat-a", "chat-b"]
+    assert [r.engine_model for r in pool.routes("generate")] == ["chat-a", "chat-b"]
     ready, details = pool.readiness()
     assert not ready
     assert details["models"]["chat-b"]["healthy_replicas"] == 0
