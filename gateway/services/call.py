@@ -73,15 +73,16 @@ class Call:
         self._edits: dict[str, bytes] | None = None
         self._splice = True  # every edit so far is of a field known to be absent
         self._top: dict[str, msgspec.Raw] | None = None
-        # The outcome, set once when the call ends (observers read it).
-        self.status = 0
-        self.error_code: str | None = None
-        self.end_reason: EndReason = "completed"
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.ttft_ms: float | None = None
-        self.latency_ms = 0.0
-        self.replica: Replica | None = None
+        self.replica: Replica | None = None  # the replica that answered, once one did
+        # The outcome (status, error_code, end_reason, prompt_tokens, completion_tokens, ttft_ms, latency_ms)
+        # is set, all of it, when the call ends: observers read it then.
+        self.status: int
+        self.error_code: str | None
+        self.end_reason: EndReason
+        self.prompt_tokens: int
+        self.completion_tokens: int
+        self.ttft_ms: float | None
+        self.latency_ms: float
 
     @property
     def wants_usage(self) -> bool:

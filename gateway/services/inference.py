@@ -148,7 +148,9 @@ class InferenceService:
         path, purpose = _PATHS[call.endpoint]
         client = self._client
         try:
-            await self._prepare(call, purpose)
+            self._prepare(call, purpose)
+            for step in self._steps:
+                await step(call)
             assert call.route is not None
             if call.stream:
                 opened = await client.open_stream(call.route, path, call.engine_body(), call.upstream_headers)
@@ -168,8 +170,8 @@ class InferenceService:
             return self._engine_error_reply(call, reply)
         return self._answer(call, reply)
 
-    async def _prepare(self, call: Call, purpose: Purpose) -> None:
-        """The built-in parts before the engine call, then the steps."""
+    def _prepare(self, call: Call, purpose: Purpose) -> None:
+        """The built-in parts before the steps: the stream usage edit and filters, model resolution."""
         request = call.request
         if call.stream and request is not None and not isinstance(request, EmbeddingRequest):
             ask_for_running_usage(call, request.stream_options is not UNSET)
@@ -177,8 +179,6 @@ class InferenceService:
         elif self._answer_filters:
             call.answer_filters = self._answer_filters
         call.route = self._models.resolve(call.principal, call.model, purpose)
-        for step in self._steps:
-            await step(call)
 
     def _answer(self, call: Call, reply: EngineReply) -> JsonReply:
         call.replica = reply.replica
@@ -293,6 +293,8 @@ class InferenceService:
         if usage is not None:
             call.prompt_tokens = usage.prompt_tokens or 0
             call.completion_tokens = usage.completion_tokens or 0
+        else:
+            call.prompt_tokens = call.completion_tokens = 0
         call.ttft_ms = ttft_ms
         call.latency_ms = (time.perf_counter() - call.started) * 1000.0
         for observer in self._observers:

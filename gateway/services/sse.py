@@ -66,6 +66,10 @@ class SseRelay:
         request_id: str | None = None,
     ) -> None:
         self._filters = filters
+        # The usage filter, when first, is applied with what the relay found of each event's usage (one parse
+        # for both); the other filters see each event as bytes.
+        self._hide = filters[0] if filters and isinstance(filters[0], HideUsage) else None
+        self._rest = filters if self._hide is None else filters[1:]  # no tuple made when it is the only one
         self._max_event_bytes = max_event_bytes
         self._request_id = request_id
         self._parts: list[bytes] = []
@@ -142,40 +146,40 @@ class SseRelay:
         if not event.startswith(b"data:"):
             return event + _SEP  # a comment or another field: passed on as it is
         at = event.rfind(_USAGE_KEY)
-        if at <= 0 or not self._take_usage(event, at):
-            if b'"error"' in event:
-                info = parse_stream_error(event[5:].strip())
-                if info is not None:
-                    self.error = info = self._public_error(info)
-                    return b"data: " + msgspec.json.encode(info.to_openai()) + _SEP
-            self.relayed += 1
-        out = event + _SEP
-        for f in self._filters:
-            out = f.event(out)
+        if at > 0:
+            kind = _usage_layout(event, at, len(event))
+            if kind:
+                self._usage = event[at + 8 : -1]
+                if kind == _WITH_CHOICES:
+                    self.relayed += 1
+            else:
+                kind = self._take_decoded_usage(event)
+            if kind:  # the usage filter, when there is one, is told what was found here
+                out = event + _SEP if self._hide is None else self._hide.cut(event, at, kind, self._usage)
+                return self._filtered(out) if self._rest else out
+        if b'"error"' in event:
+            info = parse_stream_error(event[5:].strip())
+            if info is not None:
+                self.error = info = self._public_error(info)
+                return b"data: " + msgspec.json.encode(info.to_openai()) + _SEP
+        self.relayed += 1
+        return self._filtered(event + _SEP) if self._rest else event + _SEP
+
+    def _filtered(self, out: bytes) -> bytes:
+        for f in self._rest:
             if not out:
-                return b""
+                break
+            out = f.event(out)
         return out
 
-    def _take_usage(self, event: bytes, at: int) -> bool:
-        """Keep the usage of an event that carries one (counting it when it has choices); False when none."""
-        end = len(event)
-        kind = _usage_layout(event, at, end)
+    def _take_decoded_usage(self, event: bytes) -> int:
+        """Keep the usage of an event in another layout than vLLM's (counting it when it has choices)."""
+        kind, usage = _decoded_usage(event)
         if kind:
-            self._usage = event[at + 8 : end - 1]
-            if kind == _WITH_CHOICES:
+            self._usage = usage
+            if kind == _DECODED_WITH_CHOICES:
                 self.relayed += 1
-            return True
-        try:
-            chunk = _decode_chunk(memoryview(event)[5:])
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return False
-        usage = chunk.usage
-        if not usage or usage == _NULL:
-            return False
-        self._usage = usage
-        if chunk.choices != []:
-            self.relayed += 1
-        return True
+        return kind
 
     def _public_error(self, info: ErrorInfo) -> ErrorInfo:
         """An engine's own failure is logged and shown to the tenant in neutral words; the tenant's errors
@@ -190,29 +194,47 @@ def engine_failed_message(request_id: str | None) -> str:
     return f"The engine failed to process the request (request id {request_id})."
 
 
+_NO_USAGE = 0
 _USAGE_ONLY = 1  # the final chunk: `"choices":[],"usage":{...}}`
 _WITH_CHOICES = 2  # a chunk with running usage after a non-empty `"choices"`
+_DECODED_USAGE_ONLY = 3  # the same two in any other layout (found by decoding the top level)
+_DECODED_WITH_CHOICES = 4
 
 
 def _usage_layout(event: bytes, at: int, end: int) -> int:
     """Where vLLM puts usage (compact JSON, ``"usage"`` a flat object and the last member, right after
-    ``"choices"``): ``_USAGE_ONLY``, ``_WITH_CHOICES``, or 0 for any other layout (then decode). ``at``: where
-    ``"usage":`` begins; ``end``: where the event's JSON ends."""
-    if event[end - 2 : end] == b"}}" and event[at - 1] == 0x2C:  # `,"usage":{...}}`
-        usage = event[at + 8 : end - 1]
-        if usage.count(b"{") == 1 and usage.count(b"}") == 1 and b"[" not in usage:
-            if event[at - 13 : at - 1] == b'"choices":[]':
+    ``"choices"``): ``_USAGE_ONLY``, ``_WITH_CHOICES``, or ``_NO_USAGE`` for any other layout (then decode).
+    ``at``: where ``"usage":`` begins; ``end``: where the event's JSON ends."""
+    if event.endswith(b"}}", 0, end) and event[at - 1] == 0x2C:  # `,"usage":{...}}` (no slice copied)
+        start, stop = at + 8, end - 1
+        if event.count(b"{", start, stop) == 1 and event.count(b"}", start, stop) == 1 and \
+                event.find(b"[", start, stop) < 0:
+            if event.startswith(b'"choices":[],', at - 13):
                 return _USAGE_ONLY
-            if event[at - 3 : at - 1] == b"}]":
+            if event.startswith(b"}],", at - 3):
                 return _WITH_CHOICES
-    return 0
+    return _NO_USAGE
+
+
+def _decoded_usage(event: bytes) -> tuple[int, msgspec.Raw | None]:
+    """The usage of an event in another layout, by decoding its top level: its kind and the raw usage."""
+    try:
+        chunk = _decode_chunk(memoryview(event)[5:])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _NO_USAGE, None
+    usage = chunk.usage
+    if not usage or usage == _NULL:
+        return _NO_USAGE, None
+    return (_DECODED_USAGE_ONLY if chunk.choices == [] else _DECODED_WITH_CHOICES), usage
 
 
 class HideUsage:
     """The stream filter that takes out the usage the gateway asked for and the client did not.
 
     ``keep_final``: the client asked for the final usage-only chunk (``include_usage``) but not for usage
-    on every chunk. Stateless: the two instances serve every call.
+    on every chunk. Stateless: the two instances serve every call. As the first filter of a call the relay
+    applies it through :meth:`cut`, with the usage it already found in the event (so each event is looked
+    at once); :meth:`event` is the same filter on its own.
     """
 
     __slots__ = ("_keep_final",)
@@ -224,22 +246,22 @@ class HideUsage:
         at = event.rfind(_USAGE_KEY)
         if at <= 0:
             return event
-        end = len(event) - 2 if event.endswith(_SEP) else len(event)
-        kind = _usage_layout(event, at, end)
-        if kind == _USAGE_ONLY:
-            return event if self._keep_final else b""
+        body = event[:-2] if event.endswith(_SEP) else event
+        kind = _usage_layout(body, at, len(body))
+        usage = None
+        if not kind:
+            kind, usage = _decoded_usage(body)
+        return self.cut(body, at, kind, usage) if kind else event
+
+    def cut(self, event: bytes, at: int, kind: int, usage: bytes | msgspec.Raw | None) -> bytes:
+        """The bytes to send (blank line included) for ``event`` (without its blank line) whose usage
+        begins at ``at``, laid out as ``kind``; ``usage``: the usage as decoded, for the decoded kinds."""
         if kind == _WITH_CHOICES:
             return event[: at - 1] + _CLOSE_SEP
-        try:
-            chunk = _decode_chunk(memoryview(event)[5:])
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return event
-        usage = chunk.usage
-        if not usage or usage == _NULL:
-            return event
-        if chunk.choices == []:
-            return event if self._keep_final else b""
-        return _without_usage(event[:end], usage) + _SEP
+        if kind in (_USAGE_ONLY, _DECODED_USAGE_ONLY):
+            return event + _SEP if self._keep_final else b""
+        assert isinstance(usage, msgspec.Raw)
+        return _without_usage(event, usage) + _SEP
 
     def before_done(self) -> bytes:
         return b""
