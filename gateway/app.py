@@ -28,7 +28,7 @@ from gateway.engines.client import EngineClient
 from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
 from gateway.engines.timeouts import EngineTimeouts
-from gateway.errors import EXCEPTION_HANDLERS
+from gateway.litestar_errors import EXCEPTION_HANDLERS
 from gateway.middleware import RequestContextMiddleware
 from gateway.routes import admin, health, inference, keys, models, usage
 from gateway.services.catalog import ModelCatalog

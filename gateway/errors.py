@@ -1,37 +1,40 @@
-"""Every error the gateway answers, in OpenAI's shape, mapped in this one module.
+"""Every error the gateway answers, in OpenAI's shape: statuses, types and headers are decided here only.
 
-Shape: ``{"error": {"message": str, "type": str, "param": str | null, "code": str | null}}``.
+Shape: ``{"error": {"message": str, "type": str, "param": str | null, "code": str | null}}``
+(:class:`ErrorResponse`, the same type the OpenAPI document declares for every error status).
 
-Hierarchy of the gateway's own request errors (domain packages raise their own; see ``_DOMAIN``)::
+One answer type, :class:`OpenAIError` (status, message, type, param, code, headers), is what every path
+sends: Litestar's handlers (through ``gateway.litestar_errors``), the plain-ASGI inference routes, the 431
+of the server protocol, and error events in the middle of a stream (:meth:`OpenAIError.stream_event`).
+:func:`error_body_for` turns any exception into one.
 
-    ApiError                      carries status, type, param, code
-    ├── InvalidRequestError       400 invalid_request_error
-    ├── AuthenticationError       401 authentication_error
-    ├── PermissionDeniedError     403 permission_error
-    ├── NotFoundError             404 invalid_request_error
-    ├── ConflictError             409 invalid_request_error
-    ├── RequestTimeoutError       408 invalid_request_error
-    ├── PayloadTooLargeError      413 invalid_request_error
-    └── UnsupportedMediaTypeError 415 invalid_request_error
+Hierarchy of the gateway's own request errors (domain packages raise their own, mapped in ``_DOMAIN``)::
 
-Only 5xx answers are logged (with the traceback for unexpected ones); a 500 never shows internals.
+    ApiError                         carries status, type, param, code, headers
+    ├── InvalidRequestError          400 invalid_request_error
+    ├── NotFoundError                404 invalid_request_error   (unknown URL)
+    ├── MethodNotAllowedError        405 invalid_request_error   (+ Allow)
+    ├── RequestTimeoutError          408 invalid_request_error   request_timeout
+    ├── PayloadTooLargeError         413 invalid_request_error   payload_too_large
+    ├── UnsupportedMediaTypeError    415 invalid_request_error   unsupported_media_type
+    ├── HeaderFieldsTooLargeError    431 invalid_request_error   request_header_fields_too_large
+    ├── ClientDisconnectedError      499 invalid_request_error   client_disconnected (nobody reads it)
+    └── ServerShuttingDownError      503 server_error            server_shutting_down (+ Retry-After)
+
+Headers: a 503 always carries ``Retry-After``; a 405 its ``Allow``; a domain error may bring its own
+(``headers``, e.g. a policy's ``x-ratelimit-*``), sent as given. Only 5xx answers are logged (with the
+traceback for unexpected ones); a 500 never shows internals. This module imports no web framework, so
+the framework-free packages (``gateway.services``, ``gateway.openai``) can raise and encode errors.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import msgspec
-from litestar import MediaType, Request, Response
-from litestar.exceptions import (
-    HTTPException,
-    MethodNotAllowedException,
-    NotFoundException,
-    ValidationException,
-)
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from adapters.errors import AdapterError
 from gateway.auth.errors import (
@@ -57,41 +60,97 @@ from retrieval.errors import RetrievalError
 
 log = logging.getLogger(__name__)
 
+Headers = tuple[tuple[str, str], ...]
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+PERMISSION = "permission_error"
+RATE_LIMIT = "rate_limit_error"
+SERVER = "server_error"
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class ErrorObject(msgspec.Struct):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct):
+    """OpenAI's error body: what every error answer and every stream error event carries."""
+
+    error: ErrorObject
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_error(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    return _encode(ErrorResponse(ErrorObject(message, type_, param, code)))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIError:
+    """One error answer: status, OpenAI's four fields, and the headers that go with it, sent alike by every path."""
+
+    status: int
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    headers: Headers = ()
+
+    def to_bytes(self) -> bytes:
+        return encode_error(self.message, self.type, self.param, self.code)
+
+    def stream_event(self) -> bytes:
+        """The error as the last events of a stream already answered 200: the error object, then ``[DONE]``."""
+        return b"data: " + self.to_bytes() + b"\n\ndata: [DONE]\n\n"
+
+
+ErrorBody = OpenAIError  # the name the routes and services used first
+
 
 class ApiError(Exception):
-    """An error answered as-is: the gateway's own request validation raises these."""
+    """An error of the gateway's own, answered as-is; a subclass fixes the status and the type."""
 
-    status: int = 400
-    type: str = "invalid_request_error"
-    default_code: str | None = None
+    status: ClassVar[int] = 400
+    type: ClassVar[str] = INVALID_REQUEST
+    default_code: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, headers: Headers = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self.headers = headers
 
 
 class InvalidRequestError(ApiError):
     status = 400
 
 
-class AuthenticationError(ApiError):
-    status = 401
-    type = "authentication_error"
-
-
-class PermissionDeniedError(ApiError):
-    status = 403
-    type = "permission_error"
-
-
 class NotFoundError(ApiError):
+    """No route at this URL."""
+
     status = 404
+    default_code = "unknown_url"
 
 
-class ConflictError(ApiError):
-    status = 409
+class MethodNotAllowedError(ApiError):
+    """The URL exists, not for this method; ``allow`` lists the methods it has (the ``Allow`` header)."""
+
+    status = 405
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message, headers=(("allow", allow),) if allow else ())
 
 
 class RequestTimeoutError(ApiError):
@@ -104,6 +163,18 @@ class PayloadTooLargeError(ApiError):
     default_code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(ApiError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class HeaderFieldsTooLargeError(ApiError):
+    """The request line and headers are over the server's bound (answered by the server protocol)."""
+
+    status = 431
+    default_code = "request_header_fields_too_large"
+
+
 class ClientDisconnectedError(ApiError):
     """The client went away; the answer (nginx's 499) reaches nobody but the logs and usage rows."""
 
@@ -111,132 +182,98 @@ class ClientDisconnectedError(ApiError):
     default_code = "client_disconnected"
 
 
-class UnsupportedMediaTypeError(ApiError):
-    status = 415
-    default_code = "unsupported_media_type"
+class ServerShuttingDownError(ApiError):
+    """The server is stopping: a stream still running when the drain time is up is ended with this."""
 
-
-@dataclass(frozen=True, slots=True)
-class ErrorBody:
-    """One error answer: status, OpenAI's four fields, and the headers that go with it (``Allow`` on a 405,
-    ``Retry-After`` on a 503), decided here and sent alike by every path."""
-
-    status: int
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def to_bytes(self) -> bytes:
-        return encode_error(self.message, self.type, self.param, self.code)
-
-
-def encode_error(message: str, type_: str, param: str | None, code: str | None) -> bytes:
-    return msgspec.json.encode({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    status = 503
+    type = SERVER
+    default_code = "server_shutting_down"
 
 
 # Domain errors: (status, OpenAI type). Looked up along the exception's MRO, so a base covers subclasses.
-_DOMAIN: dict[type[Exception], tuple[int, str]] = {
-    ModelNotServedError: (404, "invalid_request_error"),
-    EngineUnavailableError: (503, "server_error"),
-    DatabaseUnavailableError: (503, "server_error"),
-    EngineTimeoutError: (504, "server_error"),
-    EngineBadResponseError: (502, "server_error"),
-    EngineError: (502, "server_error"),
-    TenantNotFoundError: (404, "invalid_request_error"),
-    KeyNotFoundError: (404, "invalid_request_error"),
-    TenantNameTakenError: (409, "invalid_request_error"),
-    TenantDisabledError: (403, "permission_error"),
-    InsufficientRoleError: (403, "permission_error"),
-    AuthError: (401, "authentication_error"),
-    UsageQueryError: (400, "invalid_request_error"),
-    AdapterError: (400, "invalid_request_error"),
-    RetrievalError: (400, "invalid_request_error"),
-    PolicyError: (400, "invalid_request_error"),
+# Their message, ``param``, ``code`` and ``headers`` (attributes, where present) are sent as they are.
+_DOMAIN: dict[type[BaseException], tuple[int, str]] = {
+    ModelNotServedError: (404, INVALID_REQUEST),
+    EngineUnavailableError: (503, SERVER),
+    DatabaseUnavailableError: (503, SERVER),
+    EngineTimeoutError: (504, SERVER),
+    EngineBadResponseError: (502, SERVER),
+    EngineError: (502, SERVER),
+    TenantNotFoundError: (404, INVALID_REQUEST),
+    KeyNotFoundError: (404, INVALID_REQUEST),
+    TenantNameTakenError: (409, INVALID_REQUEST),
+    TenantDisabledError: (403, PERMISSION),
+    InsufficientRoleError: (403, PERMISSION),
+    AuthError: (401, AUTHENTICATION),
+    UsageQueryError: (400, INVALID_REQUEST),
+    AdapterError: (400, INVALID_REQUEST),
+    RetrievalError: (400, INVALID_REQUEST),
+    PolicyError: (400, INVALID_REQUEST),
 }
 
 
-RETRY_AFTER = ("retry-after", "1")
+def type_for_status(status: int) -> str:
+    """OpenAI's error type for an HTTP status."""
+    if status == 401:
+        return AUTHENTICATION
+    if status == 403:
+        return PERMISSION
+    if status == 429:
+        return RATE_LIMIT
+    return INVALID_REQUEST if 400 <= status < 500 else SERVER
 
 
-def error_body_for(exc: BaseException, request: Request[Any, Any, Any] | None = None) -> ErrorBody:
+def error_for_status(status: int, message: str, *, code: str | None = None, headers: Headers = ()) -> OpenAIError:
+    """The error for a status another layer reported (a framework's own HTTP error): the type and the headers
+    that go with the status are decided here."""
+    return _finish(OpenAIError(status, message or "Request failed", type_for_status(status), None, code, headers))
+
+
+def error_body_for(exc: BaseException) -> OpenAIError:
     """The OpenAI error for any exception; unknown ones become a 500 that reveals nothing."""
-    body = _error_body(exc, request)
-    if body.status == 503 and not any(name == "retry-after" for name, _ in body.headers):
-        return replace(body, headers=(*body.headers, RETRY_AFTER))
-    return body
-
-
-def _error_body(exc: BaseException, request: Request[Any, Any, Any] | None) -> ErrorBody:
     if isinstance(exc, ApiError):
-        return ErrorBody(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return _finish(OpenAIError(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers))
     for cls in type(exc).__mro__:
         mapped = _DOMAIN.get(cls)
         if mapped is not None:
             status, type_ = mapped
-            return ErrorBody(
+            return _finish(OpenAIError(
                 status, getattr(exc, "message", str(exc)), type_, getattr(exc, "param", None),
-                getattr(exc, "code", None),
-            )
-    if isinstance(exc, HTTPException):
-        return _litestar_error(exc, request)
+                getattr(exc, "code", None), _headers_of(exc),
+            ))  # fmt: skip
     rid = get_request_id()
-    return ErrorBody(500, f"The server had an error processing your request (request id {rid}).", "server_error")
+    return OpenAIError(500, f"The server had an error processing your request (request id {rid}).", SERVER)
 
 
-def _litestar_error(exc: HTTPException, request: Request[Any, Any, Any] | None) -> ErrorBody:
-    where = f"{request.method} {request.url.path}" if request is not None else ""
-    if isinstance(exc, NotFoundException):
-        return ErrorBody(404, f"Invalid URL ({where})", "invalid_request_error", None, "unknown_url")
-    if isinstance(exc, MethodNotAllowedException):  # Litestar names the route's methods in its Allow header
-        allow = tuple((k.lower(), v) for k, v in (exc.headers or {}).items() if k.lower() == "allow")
-        return ErrorBody(405, f"Method not allowed ({where})", "invalid_request_error", None, "method_not_allowed",
-                         allow)
-    if isinstance(exc, RequestEntityTooLarge):
-        return ErrorBody(413, "Request body is larger than the configured limit", "invalid_request_error",
-                         None, "payload_too_large")
-    if isinstance(exc, ValidationException):
-        param = _validation_param(exc.extra)
-        message = _validation_message(exc) if param is None else f"Invalid value for '{param}'"
-        return ErrorBody(400, message, "invalid_request_error", param, "invalid_value")
-    status = exc.status_code
-    type_ = "invalid_request_error" if status < 500 else "server_error"
-    return ErrorBody(status, str(exc.detail) or "Request failed", type_)
+def _headers_of(exc: BaseException) -> Headers:
+    headers = getattr(exc, "headers", None)
+    return tuple(headers) if isinstance(headers, Iterable) else ()
 
 
-def _validation_param(extra: Any) -> str | None:
-    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
-        key = extra[0].get("key")
-        return str(key) if key else None
-    return None
+def _finish(error: OpenAIError) -> OpenAIError:
+    """Add the headers a status implies: ``Retry-After`` on a 503 (the outage is expected to pass)."""
+    if error.status == 503 and not any(name == "retry-after" for name, _ in error.headers):
+        return OpenAIError(
+            error.status, error.message, error.type, error.param, error.code,
+            (*error.headers, ("retry-after", RETRY_AFTER_SECONDS)),
+        )  # fmt: skip
+    return error
 
 
-def _validation_message(exc: ValidationException) -> str:
-    return str(exc.detail) or "Invalid request"
-
-
-def answer_error(
-    exc: BaseException, method: str, path: str, request: Request[Any, Any, Any] | None = None
-) -> ErrorBody:
+def answer_error(exc: BaseException, method: str, path: str) -> OpenAIError:
     """The error to answer for ``exc``, logged when it is the server's (5xx): the one place errors become HTTP,
-    for Litestar's handlers (through ``exception_to_response``) and the plain-ASGI inference routes alike."""
-    body = error_body_for(exc, request)
-    if body.status >= 500:
-        if body.status == 500:
+    for Litestar's handlers (``gateway.litestar_errors``) and the plain-ASGI inference routes alike."""
+    return log_answer(error_body_for(exc), exc, method, path)
+
+
+def log_answer(error: OpenAIError, exc: BaseException, method: str, path: str) -> OpenAIError:
+    """Log a 5xx answer: a 500 with its traceback, a 503 at debug (the part that noticed the outage, engine pool
+    or database pool, logs it once), others as a warning."""
+    if error.status >= 500:
+        if error.status == 500:
             log.error("unhandled error on %s %s", method, path, exc_info=exc)
-        elif body.status == 503:  # an outage: the part that noticed it (engine pool, database pool) logs it once
-            log.debug("503 on %s %s: %s", method, path, body.message)
+        elif error.status == 503:
+            log.debug("503 on %s %s: %s", method, path, error.message)
         else:
-            log.warning("%s on %s %s: %s", body.status, method, path, body.message)
-    return body
-
-
-def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Litestar's exception handler for everything."""
-    body = answer_error(exc, request.method, request.url.path, request)
-    return Response(content=body.to_bytes(), status_code=body.status, media_type=MediaType.JSON,
-                    headers=dict(body.headers) or None)
-
-
-EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {Exception: exception_to_response}
+            log.warning("%s on %s %s: %s", error.status, method, path, error.message)
+    return error

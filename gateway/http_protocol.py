@@ -33,7 +33,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.errors import encode_error
+from gateway.errors import HeaderFieldsTooLargeError, error_body_for
 
 __all__ = ["BoundedConfig", "BoundedHttpToolsProtocol", "ConnectionLimits"]
 
@@ -154,13 +154,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answer 431, half-close, drop what still comes for a bounded while, then close: nothing is parsed."""
         self.cancel_head_timer()
         self.drained = 0
-        body = encode_error(
-            f"The request line and headers exceed {self.max_header_bytes} bytes.",
-            "invalid_request_error", None, "request_header_fields_too_large",
-        )  # fmt: skip
-        head = [STATUS_LINE[431]]
+        error = error_body_for(
+            HeaderFieldsTooLargeError(f"The request line and headers exceed {self.max_header_bytes} bytes.")
+        )
+        body = error.to_bytes()
+        head = [STATUS_LINE[error.status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
+        for text_name, text_value in error.headers:
+            head += [text_name.encode("latin-1"), b": ", text_value.encode("latin-1"), b"\r\n"]
         head += [
             b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(), b"\r\n",
             b"connection: close\r\n\r\n", body,
