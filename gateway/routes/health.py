@@ -3,19 +3,53 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 from litestar import MediaType, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
+from gateway.openapi_docs import ANY, route_docs
 from gateway.routes.common import AnyRequest, services_of
 
 
-@get("/healthz", tags=["health"], summary="Liveness: the process is up", media_type=MediaType.JSON)
+class ModelReadiness(msgspec.Struct):
+    purpose: str
+    replicas: int
+    healthy_replicas: int
+
+
+class EngineReadiness(msgspec.Struct):
+    configured: int
+    models: dict[str, ModelReadiness]
+
+
+class Readiness(msgspec.Struct):
+    """The body of ``/readyz`` (documentation: the handler answers a dict of this shape)."""
+
+    status: Literal["ready", "not ready"]
+    database: bool
+    engines: EngineReadiness
+
+
+def _readyz_docs() -> dict[str, Any]:
+    docs = route_docs(ANY)
+    docs["responses"] = {
+        **docs["responses"],
+        200: ResponseSpec(data_container=Readiness, description="Ready", generate_examples=False),
+        503: ResponseSpec(data_container=Readiness, description="Not ready (the body says what is missing)",
+                          generate_examples=False),
+    }
+    return docs
+
+
+@get("/healthz", tags=["health"], summary="Liveness: the process is up", media_type=MediaType.JSON, **route_docs(ANY))
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"], summary="Readiness: database reachable and an engine for every model")
+@get("/readyz", tags=["health"], summary="Readiness: database reachable and an engine for every model",
+     **_readyz_docs())
 async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
     services = services_of(request)
     database_ok = True

@@ -29,7 +29,7 @@ from gateway.openai.requests import (
     EmbeddingRequest,
     EmbeddingRequestSchema,
 )
-from gateway.openapi_docs import json_body
+from gateway.openapi_docs import ANY, BODY, ENGINE, TENANT, ChatCompletion, EmbeddingList, TextCompletion, route_docs
 from gateway.routes.common import (
     JsonBytesResponse,
     RequestHead,
@@ -128,19 +128,25 @@ DIRECT: dict[str, ASGIApp] = {
 }
 
 
-@post("/v1/chat/completions", operation_class=json_body(ChatCompletionRequest), tags=["inference"],
+@post("/v1/chat/completions", status_code=200, tags=["inference"],
+      **route_docs(ANY, TENANT, BODY, ENGINE, body=ChatCompletionRequest, ok=ChatCompletion, stream=True,
+                   ok_description="A chat.completion object, or with `stream` its chunks as server-sent events"),
       summary="Create a chat completion (OpenAI-compatible, streaming too)")
 async def chat_completions() -> ASGIApp:
     return CHAT
 
 
-@post("/v1/completions", operation_class=json_body(CompletionRequestSchema), tags=["inference"],
+@post("/v1/completions", status_code=200, tags=["inference"],
+      **route_docs(ANY, TENANT, BODY, ENGINE, body=CompletionRequestSchema, ok=TextCompletion, stream=True,
+                   ok_description="A text_completion object, or with `stream` its chunks as server-sent events"),
       summary="Create a text completion (OpenAI-compatible, streaming too)")
 async def completions() -> ASGIApp:
     return COMPLETIONS
 
 
-@post("/v1/embeddings", operation_class=json_body(EmbeddingRequestSchema), tags=["inference"],
+@post("/v1/embeddings", status_code=200, tags=["inference"],
+      **route_docs(ANY, TENANT, BODY, ENGINE, body=EmbeddingRequestSchema, ok=EmbeddingList,
+                   ok_description="A list of embedding objects"),
       summary="Create embeddings (OpenAI-compatible)")
 async def embeddings() -> ASGIApp:
     return EMBEDDINGS

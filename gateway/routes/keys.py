@@ -13,7 +13,7 @@ from gateway.auth import store
 from gateway.auth.errors import KeyNotFoundError
 from gateway.auth.principal import Principal
 from gateway.openai.decode import decode_json_body
-from gateway.openapi_docs import json_body
+from gateway.openapi_docs import ANY, BODY, TENANT, route_docs
 from gateway.routes.bodies import CreateKeyRequest, check_key_request
 from gateway.routes.common import AnyRequest, provide_tenant_admin, read_json_body, request_id_of, services_of
 
@@ -63,14 +63,15 @@ class TenantKeysController(Controller):
     tags = ["keys"]  # noqa: RUF012
     dependencies = {"admin": Provide(provide_tenant_admin)}  # noqa: RUF012
 
-    @post("/", operation_class=json_body(CreateKeyRequest), summary="Create a key (the secret is shown once)")
+    @post("/", **route_docs(ANY, TENANT, BODY, body=CreateKeyRequest),
+          summary="Create a key (the secret is shown once)")
     async def create(self, request: AnyRequest, admin: NamedDependency[Principal]) -> store.CreatedApiKey:
         return await create_key_for(request, admin.tenant_id, admin.actor)
 
-    @get("/", summary="List this tenant's keys (never the secrets)")
+    @get("/", **route_docs(ANY, TENANT), summary="List this tenant's keys (never the secrets)")
     async def list_keys(self, request: AnyRequest, admin: NamedDependency[Principal]) -> KeyList:
         return KeyList(await store.list_keys(services_of(request).db, admin.tenant_id))
 
-    @delete("/{key_id:str}", status_code=200, summary="Revoke a key")
+    @delete("/{key_id:str}", status_code=200, **route_docs(ANY, TENANT, (404,)), summary="Revoke a key")
     async def revoke(self, request: AnyRequest, admin: NamedDependency[Principal], key_id: FromPath[str]) -> DeletedKey:
         return await revoke_key_of(request, admin.tenant_id, key_id, admin.actor)

@@ -13,6 +13,7 @@ from litestar.params import FromPath
 
 from gateway.auth.principal import Principal
 from gateway.engines.errors import ModelNotServedError
+from gateway.openapi_docs import ANY, TENANT, route_docs
 from gateway.routes.common import AnyRequest, provide_principal, services_of
 
 
@@ -35,13 +36,13 @@ def _visible_models(request: AnyRequest, principal: Principal) -> list[Model]:
 
 
 @get("/v1/models", dependencies={"principal": Provide(provide_principal)}, tags=["models"],
-     summary="List the models this tenant may use")
+     **route_docs(ANY, TENANT), summary="List the models this tenant may use")
 async def list_models(request: AnyRequest, principal: NamedDependency[Principal]) -> ModelList:
     return ModelList(_visible_models(request, principal))
 
 
 @get("/v1/models/{model:path}", dependencies={"principal": Provide(provide_principal)}, tags=["models"],
-     summary="Retrieve one model")
+     **route_docs(ANY, TENANT, (404,)), summary="Retrieve one model")
 async def retrieve_model(request: AnyRequest, principal: NamedDependency[Principal], model: FromPath[str]) -> Model:
     name = model.lstrip("/")
     for entry in _visible_models(request, principal):

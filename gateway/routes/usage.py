@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequestError
+from gateway.openapi_docs import ANY, TENANT, route_docs
 from gateway.routes.common import AnyRequest, provide_tenant_admin, services_of
 from observability.usage_queries import PlatformUsageRow, UsageRow, platform_usage, tenant_usage
 
@@ -61,7 +62,7 @@ async def platform_usage_between(
     return PlatformUsageList(rows, first.isoformat(), last.isoformat())
 
 
-@get("/v1/usage", dependencies={"admin": Provide(provide_tenant_admin)}, tags=["usage"],
+@get("/v1/usage", dependencies={"admin": Provide(provide_tenant_admin)}, tags=["usage"], **route_docs(ANY, TENANT),
      summary="This tenant's usage by UTC day and model")
 async def get_usage(request: AnyRequest, admin: NamedDependency[Principal], start: FromQuery[date | None] = None,
                     end: FromQuery[date | None] = None) -> UsageList:
