@@ -1,11 +1,10 @@
 """The end-to-end suite: real vLLM engines, real Postgres, ``tenantgate serve`` as its own process.
 
-The two engines (chat: SmolLM2-135M-Instruct with LoRA enabled; embeddings: all-MiniLM-L6-v2) are started
-once for the whole package and stopped when its last test is done, before any other package's tests run
-(tests/local starts engines of its own, and node 0 has no room for two pairs). ``EngineStack`` starts
-them lazily, can kill and restart one (the recovery test) and stop both (the ``tenantgate up`` test,
-which starts its own pair). The modules run in a fixed order: the API tests, then the recovery test,
-then ``tenantgate up``.
+The engines are the session's shared pair (``tests/realengines.py``: ``engine_stack``, ``engines``),
+also used by tests/local and by the suites that come next; that module also fixes the order the
+real-engine modules run in (the API tests, then the recovery test, which kills and restarts the shared
+chat engine, then ``tenantgate up``, which stops the pair and starts its own). The gateway runs once for
+this package, in front of the shared engines.
 
 Everything here skips cleanly where the engines extra (vLLM for the CPU, the model packages) is missing.
 """
@@ -15,15 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -32,44 +28,12 @@ import openai
 import psycopg
 import pytest
 
-from enginehost import (
-    EngineProcess,
-    EngineSpec,
-    chat_engine_spec,
-    embedding_engine_spec,
-    embedding_model_path,
-    engines_available,
-    missing_engine_extra_message,
-    prepare_chat_model,
-    wait_all_ready,
-)
+from tests.realengines import EngineStack, free_port, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
-E2E_DIR = Path(__file__).resolve().parent
 ADMIN_KEY = "sk-tgadmin-" + "e" * 52
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
-ENGINE_START_TIMEOUT = 600.0
-# Modules in the order they must run: the recovery test kills an engine, `tenantgate up` stops them both.
-MODULE_ORDER = ("test_api.py", "test_engine_recovery.py", "test_up.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run this package's modules in ``MODULE_ORDER`` (stable within a module); other items stay put."""
-    slots = [i for i, item in enumerate(items) if item.path.parent == E2E_DIR]
-
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
-
-    for slot, item in zip(slots, sorted((items[i] for i in slots), key=rank), strict=True):
-        items[slot] = item
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -77,114 +41,6 @@ def clean_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTGATE_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **settings)
     return env
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return f"--- last lines of {path}:\n" + "\n".join(text[-lines:])
-
-
-# --- the engines ------------------------------------------------------------------------------------
-
-
-@dataclass
-class EngineStack:
-    """The suite's chat and embedding engines on fixed ports: started on first use, restartable."""
-
-    root: Path
-    ports: dict[str, int] = field(default_factory=lambda: {"chat": free_port(), "embeddings": free_port()})
-    engines: dict[str, EngineProcess] = field(default_factory=dict)
-    startup_s: dict[str, float] = field(default_factory=dict)
-    _chat_model: Path | None = None
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def data_dir(self) -> Path:
-        """A tenantgate data directory whose ``models/`` holds the prepared chat model."""
-        return self.root / "data"
-
-    def chat_model(self) -> Path:
-        """The chat model folder, converted from the packaged GGUF once per suite."""
-        if self._chat_model is None:
-            self._chat_model = prepare_chat_model(self.data_dir, progress=print)
-        return self._chat_model
-
-    def spec(self, name: str) -> EngineSpec:
-        if name == "chat":
-            return chat_engine_spec(self.chat_model(), port=self.ports["chat"])
-        return embedding_engine_spec(embedding_model_path(), port=self.ports["embeddings"])
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def ensure_started(self) -> None:
-        """Start whichever engine is not running (both at once, as ``tenantgate up`` does)."""
-        todo = [name for name in self.ports if name not in self.engines or not self.engines[name].running()]
-        for name in todo:
-            self._forget(name)
-        started = [EngineProcess(self.spec(name), self.log_dir) for name in todo]
-        try:
-            for engine in started:
-                self.engines[engine.spec.name] = engine
-                engine.spawn()
-            wait_all_ready(started, timeout=ENGINE_START_TIMEOUT, progress=print)
-        except BaseException:
-            for engine in started:
-                self._forget(engine.spec.name)
-            raise
-        for engine in started:
-            self.startup_s[engine.spec.name] = engine.elapsed()
-
-    def kill(self, name: str) -> list[int]:
-        """SIGKILL every process of an engine at once (a crash, not a stop); return their ids."""
-        engine = self.engines[name]
-        pids = engine.processes()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        engine.stop(grace=5)  # reaps the server and checks that nothing of it is left
-        del self.engines[name]
-        return pids
-
-    def _forget(self, name: str) -> None:
-        engine = self.engines.pop(name, None)
-        if engine is not None:
-            engine.stop()
-
-    def stop_all(self) -> None:
-        for engine in self.engines.values():
-            engine.terminate()
-        for name in list(self.engines):
-            self._forget(name)
-
-
-@pytest.fixture(scope="package")
-def engine_stack() -> Iterator[EngineStack]:
-    """The engines' supervisor, nothing started yet; every engine is stopped after the package's tests."""
-    if not engines_available():
-        pytest.skip(missing_engine_extra_message())
-    root = Path(tempfile.mkdtemp(prefix="tenantgate-e2e-"))  # not pytest's tmp dirs: concurrent runs prune those
-    stack = EngineStack(root)
-    try:
-        yield stack
-    finally:
-        try:
-            stack.stop_all()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def engines(engine_stack: EngineStack) -> EngineStack:
-    """Both engines running (started on the first test that needs them, again after a test stopped one)."""
-    engine_stack.ensure_started()
-    return engine_stack
 
 
 # --- the gateway ------------------------------------------------------------------------------------
@@ -291,17 +147,6 @@ def client(gateway: GatewayProcess, tenant: Tenant, engines: EngineStack) -> ope
     """The OpenAI SDK on the gateway with the tenant's key; both engines are up."""
     del engines
     return gateway.client(tenant.key)
-
-
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a failed e2e test, show the end of the gateway's and the engines' logs."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before and "engine_stack" in request.fixturenames:
-        stack: EngineStack = request.getfixturevalue("engine_stack")
-        for path in sorted([stack.root / "gateway.log", *stack.log_dir.glob("*.log")]):
-            print(log_tail(path))
 
 
 def usage_row(database_url: str, request_id: str, timeout: float = 10.0) -> dict[str, object]:

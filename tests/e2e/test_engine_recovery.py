@@ -1,7 +1,7 @@
 """A vLLM engine killed under the gateway: 503 ``engine_unavailable`` while it is down, service once it is back.
 
-Runs after the API tests (see ``MODULE_ORDER`` in conftest.py): it kills the chat engine and restarts it
-through the supervisor.
+Runs after every other user of the session's shared engines (see tests/realengines.py): it kills the
+shared chat engine and restarts it through the supervisor.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
-from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, EngineStack, GatewayProcess
+from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, GatewayProcess
+from tests.realengines import EngineStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

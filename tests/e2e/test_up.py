@@ -1,8 +1,9 @@
 """``tenantgate up`` end to end: embedded Postgres, its own two vLLM engines, the gateway; Ctrl-C ends it all.
 
-The suite's engines are stopped first: chat (0.4) and embeddings (0.2) reserve shares of NUMA node 0's
-memory, and a second pair beside them fails vLLM's start-up memory check. To save the conversion (about
-half a minute) the data directory's ``models/`` gets a link to the chat model the suite already
+The session's shared engines (tests/realengines.py) are stopped first, the last real-engine module to
+run, checking that nothing of them is left: chat (0.4) and embeddings (0.2) reserve shares of NUMA node
+0's memory, and a second pair beside them fails vLLM's start-up memory check. To save the conversion
+(about half a minute) the data directory's ``models/`` gets a link to the chat model the session already
 prepared; ``prepare_chat_model`` accepts it by its marker, so both runs must say they reuse it.
 """
 
@@ -28,7 +29,8 @@ import openai
 import psutil
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, REPO, EngineStack, clean_env, free_port
+from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, REPO, clean_env
+from tests.realengines import EngineStack, free_port, live
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -172,8 +174,19 @@ def up_data_dir(engine_stack: EngineStack) -> Iterator[Path]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def test_the_shared_engines_stop_and_leave_nothing(engines: EngineStack) -> None:
+    """The session's engines are stopped here, to make room on node 0 for up's own, and nothing of them
+    (vLLM's API server, engine core, worker) is left."""
+    families = engines.stop_all()
+    assert set(families) == {"chat", "embeddings"}
+    assert len(families["chat"]) >= 3, families  # API server, engine core, worker
+    assert sum(len(family) for family in families.values()) >= 6, families
+    assert engines.engines == {}
+    assert not any(live(pid) for family in families.values() for pid in family)
+
+
 def test_up_serves_then_ctrl_c_leaves_nothing_behind(engine_stack: EngineStack, up_data_dir: Path) -> None:
-    engine_stack.stop_all()  # make room on node 0 for up's own engines
+    engine_stack.stop_all()  # make room on node 0 for up's own engines (when this test runs alone)
     ports = (free_port(), free_port(), free_port())  # gateway, chat engine, embedding engine
     before = snapshot()
     first = Up(up_data_dir, *ports)
@@ -200,6 +213,7 @@ def test_up_serves_then_ctrl_c_leaves_nothing_behind(engine_stack: EngineStack, 
             temperature=0, max_tokens=30,
         )
         assert "Paris" in (reply.choices[0].message.content or "")
+        assert len(sdk.embeddings.create(model=EMBED_MODEL, input=["hello"]).data[0].embedding) == 384
 
         seen.update(stack_processes(first, before))
         stopped = time.monotonic()

@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 
 from enginehost import run_engines
-from tests.local.test_engines import _fake_pids, fake_spec, live
+from tests.local.test_engines import _fake_pids, fake_spec
+from tests.realengines import live
 
 
 def healthy(url: str) -> bool:

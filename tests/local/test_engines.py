@@ -2,7 +2,8 @@
 
 The first tests run a fake engine (this very module, run with ``python -m``: it serves ``/health``,
 starts a child and a grandchild that leaves the session, and can fail or ignore SIGTERM) and need no
-vLLM. The ``e2e`` tests start real vLLM servers and skip where the engines extra is not installed.
+vLLM. The ``e2e`` tests use real vLLM servers (the session's shared pair from tests/realengines.py, or,
+for a broken model, one of their own) and skip where the engines extra is not installed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +33,13 @@ from enginehost import (
     PortInUseError,
     chat_engine_spec,
     embedding_engine_spec,
-    embedding_model_path,
-    engines_available,
-    prepare_chat_model,
     run_engines,
 )
 from enginehost._logs import explain_failure
+from tests.realengines import EngineStack, free_port, live
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MODULE = "tests.local.test_engines"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def live(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def post_json(url: str, body: dict[str, Any]) -> Any:
@@ -173,7 +157,7 @@ from pathlib import Path
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 sys.path.insert(0, {repo!r})
 from tests.local.test_engines import fake_spec
-from enginehost import chat_engine_spec, embedding_engine_spec, run_engines
+from enginehost import run_engines
 specs = {specs}
 with run_engines(specs, log_dir=Path({log_dir!r}), progress=lambda s: None, stop_grace={grace}) as engines:
     print(json.dumps({{n: [e.url, e.processes()] for n, e in engines.items()}}), flush=True)
@@ -227,22 +211,9 @@ def _fake_pids(log_dir: Path) -> list[str]:
 
 
 # --- e2e: real vLLM ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("vllm")
-    if not engines_available():
-        pytest.skip("the engines extra is not installed (tenantgate engines install)")
-    # The same folder as tests/local/test_models.py uses: converted once per session.
-    return prepare_chat_model(tmp_path_factory.getbasetemp() / "local-data", progress=print)
-
-
-@pytest.fixture
-def log_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    for log in tmp_path.glob("*.log"):  # shown by pytest when a test fails
-        print(f"--- {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+# The answering tests use the session's shared engines (tests/realengines.py); that they stop leaving
+# nothing behind is checked where the pair is stopped (tests/e2e/test_up.py), and run_engines with real
+# engines under Ctrl-C by ``tenantgate up`` there.
 
 
 def ask_capital(url: str) -> str:
@@ -269,37 +240,8 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
-def test_chat_engine_answers_and_stops_cleanly(chat_model: Path, log_dir: Path) -> None:
-    engine = EngineProcess(chat_engine_spec(chat_model, port=free_port()), log_dir)
-    try:
-        engine.start(timeout=600, progress=print)
-        family = engine.processes()
-        assert len(family) >= 3  # API server, engine core, worker
-        assert "Paris" in ask_capital(engine.url)
-    finally:
-        engine.stop()
-    assert engine.processes() == []
-    assert not any(live(pid) for pid in family)
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_embedding_engine_answers_and_stops_cleanly(chat_model: Path, log_dir: Path) -> None:
-    engine = EngineProcess(embedding_engine_spec(embedding_model_path(), port=free_port()), log_dir)
-    try:
-        engine.start(timeout=600, progress=print)
-        family = engine.processes()
-        a, b, c = embed(engine.url, ["How do I bake bread?", "What is a recipe for bread?", "Stock prices"])
-    finally:
-        engine.stop()
-    assert len(a) == 384
-    assert cosine(a, b) > cosine(a, c) + 0.3
-    assert not any(live(pid) for pid in family)
-
-
-@pytest.mark.e2e
-def test_real_engine_failure_shows_its_reason(chat_model: Path, tmp_path: Path) -> None:
+def test_real_engine_failure_shows_its_reason(engine_stack: EngineStack, tmp_path: Path) -> None:
+    # Its own engine, and first in this module: it runs before the shared pair starts.
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama"}')
@@ -313,21 +255,18 @@ def test_real_engine_failure_shows_its_reason(chat_model: Path, tmp_path: Path) 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_ctrl_c_stops_both_engines_started_together(chat_model: Path, log_dir: Path) -> None:
-    specs = (
-        f"[chat_engine_spec(Path({str(chat_model)!r}), port={free_port()}),"
-        f" embedding_engine_spec(Path({str(embedding_model_path())!r}), port={free_port()})]"
-    )
-    parent, engines = run_parent(specs, log_dir, timeout=900, grace=20.0)
-    try:
-        assert "Paris" in ask_capital(engines["chat"][0])
-        assert len(embed(engines["embeddings"][0], ["hello"])[0]) == 384
-        family = [pid for _, pids in engines.values() for pid in pids]
-        assert len(family) >= 6
-    finally:
-        parent.send_signal(signal.SIGINT)
-        parent.wait(timeout=60)
-    assert not any(live(pid) for pid in family)
+def test_chat_engine_answers(engines: EngineStack) -> None:
+    chat = engines.engines["chat"]
+    assert len(chat.processes()) >= 3  # API server, engine core, worker
+    assert "Paris" in ask_capital(chat.url)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_embedding_engine_answers(engines: EngineStack) -> None:
+    a, b, c = embed(engines.url("embeddings"), ["How do I bake bread?", "What is a recipe for bread?", "Stock prices"])
+    assert len(a) == 384
+    assert cosine(a, b) > cosine(a, c) + 0.3
 
 
 # --- the fake engine ---------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Preparing the packaged models (enginehost/models.py).
 
 The conversion tests need the engines extra (torch, transformers, gguf and the model packages) and skip
-cleanly without it. The converted folder lives in the session's base temp directory, shared with
-tests/local/test_engines.py, so a session converts once.
+cleanly without it. The converted folder is the session's (tests/realengines.py), the one the shared
+engines of tests/local and tests/e2e serve, so a session converts once.
 """
 
 from __future__ import annotations
@@ -27,23 +27,23 @@ from enginehost import (
 )
 from enginehost import models as models_module
 from enginehost.models import MARKER_FILE
+from tests.realengines import EngineStack
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "local-data"
+def data_dir(engine_stack: EngineStack) -> Path:
+    """The session's data directory: the chat model prepared here is the one the shared engines serve."""
+    return engine_stack.data_dir
 
 
 @pytest.fixture(scope="module")
-def prepared(data_dir: Path) -> tuple[Path, float, list[str]]:
+def prepared(engine_stack: EngineStack) -> tuple[Path, float, list[str]]:
     """The chat model folder, the seconds its preparation took and the progress messages."""
     pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    if not engines_available():
-        pytest.skip("the engines extra is not installed (tenantgate engines install)")
     messages: list[str] = []
     started = time.monotonic()
-    folder = prepare_chat_model(data_dir, progress=messages.append)
+    folder = engine_stack.chat_model(progress=messages.append)
     return folder, time.monotonic() - started, messages
 
 
