@@ -27,11 +27,11 @@ from msgspec import UNSET
 
 from gateway.auth.principal import Principal
 from gateway.engines.client import EngineReply
-from gateway.engines.errors import EngineError, EngineStreamBrokenError
+from gateway.engines.errors import EngineBadResponseError, EngineError, EngineStreamBrokenError
 from gateway.engines.normalize import normalize_error_body, redact
 from gateway.engines.replica import Purpose, Replica
 from gateway.engines.routes import Route
-from gateway.errors import encode_error, error_body_for
+from gateway.errors import ClientDisconnectedError, ServerShuttingDownError, error_body_for
 from gateway.openai.requests import EmbeddingRequest
 from gateway.services.call import UNKNOWN_MODEL, Call, Endpoint, EndReason
 from gateway.services.pipeline import Pipeline, StreamFilter
@@ -54,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SHUTTING_DOWN_CODE = "server_shutting_down"
+SHUTTING_DOWN_CODE = ServerShuttingDownError.default_code
 
 _PATHS: dict[Endpoint, tuple[str, Purpose]] = {
     "chat.completions": ("/v1/chat/completions", "generate"),
@@ -186,9 +186,10 @@ class InferenceService:
         try:
             usage = _decode_usage(body).usage
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self._end(call, 502, "engine_bad_response", "engine_error")
-            message = "The engine answered with a body that is not a valid response."
-            return JsonReply(502, encode_error(message, "server_error", None, "engine_bad_response"))
+            bad = EngineBadResponseError("The engine answered with a body that is not a valid response.")
+            error = error_body_for(bad)
+            self._end(call, error.status, error.code, "engine_error")
+            return JsonReply(error.status, error.to_bytes())
         if call.answer_filters:
             try:
                 for answer_filter in call.answer_filters:
@@ -230,7 +231,7 @@ class InferenceService:
         except EngineError as exc:
             body = error_body_for(exc)
             outcome = (body.status, body.code, end_reason_for(body.status))
-            yield _error_event(body.message, body.type, body.code)
+            yield body.stream_event()
         except _StreamCutError:
             outcome = _SHUT_DOWN
             yield _shutdown_event()
@@ -268,9 +269,9 @@ class InferenceService:
             redact(reply.body[:4096].decode("utf-8", "replace")) or "(empty body)",
             extra={"engine": reply.replica.display_url},
         )
-        self._end(call, 502, "engine_error", "engine_error")
-        message = engine_failed_message(call.request_id)
-        return JsonReply(502, encode_error(message, "server_error", None, "engine_error"))
+        error = error_body_for(EngineError(engine_failed_message(call.request_id)))
+        self._end(call, error.status, error.code, "engine_error")
+        return JsonReply(error.status, error.to_bytes())
 
     def _cancelled_outcome(self) -> _Outcome:
         """Why a call was cancelled: the server cancels what is left when its drain time is up; otherwise
@@ -319,8 +320,8 @@ def end_reason_for(status: int) -> EndReason:
 
 _Outcome = tuple[int, str | None, EndReason]
 _COMPLETED: _Outcome = (200, None, "completed")
-_SHUT_DOWN: _Outcome = (503, SHUTTING_DOWN_CODE, "server_shutdown")
-_CLIENT_GONE: _Outcome = (499, "client_disconnected", "client_disconnected")
+_SHUT_DOWN: _Outcome = (ServerShuttingDownError.status, SHUTTING_DOWN_CODE, "server_shutdown")
+_CLIENT_GONE: _Outcome = (ClientDisconnectedError.status, ClientDisconnectedError.default_code, "client_disconnected")
 
 
 def _outcome_of(relay: SseRelay) -> _Outcome:
@@ -368,11 +369,7 @@ class _StreamRun:
         return self.cancelled and self.task is not None and self.task.uncancel() == 0
 
 
-def _error_event(message: str, type_: str, code: str | None) -> bytes:
-    return b"data: " + encode_error(message, type_, None, code) + b"\n\ndata: [DONE]\n\n"
-
-
 def _shutdown_event() -> bytes:
     message = "The server is shutting down; the stream was ended before it was complete. Please retry."
-    return _error_event(message, "server_error", SHUTTING_DOWN_CODE)
+    return error_body_for(ServerShuttingDownError(message)).stream_event()
 
