@@ -47,6 +47,7 @@ _WORDS = (
     "The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "calm",
     "river", "carries", "small", "boats", "past", "green", "hills", "under", "a", "bright", "sky",
 )  # fmt: skip
+MAX_MODEL_LEN = 2048  # what the fake's model cards say, and the most tokens a request may ask for
 _DEFAULT_MAX_TOKENS = 16
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
@@ -315,10 +316,17 @@ class FakeVLLM:
         self, request: web.Request, doc: dict[str, Any], model: str, prompt: str, *, chat: bool
     ) -> web.StreamResponse:
         limit = doc.get("max_completion_tokens") or doc.get("max_tokens")
+        prompt_tokens = max(1, len(prompt.split()))
+        if isinstance(limit, int) and limit + prompt_tokens > MAX_MODEL_LEN:  # as vLLM: never past the context
+            return _error(
+                400, f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested "
+                f"{limit + prompt_tokens} tokens ({prompt_tokens} in the messages, {limit} in the completion).",
+                param="max_tokens",
+            )
         n = limit if isinstance(limit, int) and limit > 0 else _DEFAULT_MAX_TOKENS
         finish = "length" if limit else "stop"
         words = self.answer_words(prompt, n)
-        usage = {"prompt_tokens": max(1, len(prompt.split())), "total_tokens": 0, "completion_tokens": n}
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": 0, "completion_tokens": n}
         usage["total_tokens"] = usage["prompt_tokens"] + n
         rid = self._next_id("chatcmpl" if chat else "cmpl")
         obj = "chat.completion" if chat else "text_completion"
@@ -481,7 +489,7 @@ def _model_card(model: str, created: int) -> dict[str, Any]:
         "owned_by": "vllm",
         "root": f"/models/{model}",
         "parent": None,
-        "max_model_len": 2048,
+        "max_model_len": MAX_MODEL_LEN,
         "permission": [permission],
     }
 

@@ -248,3 +248,18 @@ async def test_runs_as_a_process() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_fake_refuses_more_tokens_than_its_context_like_vllm() -> None:
+    """A fuzzer's max_tokens of 10^9 must be a 400, not a billion words in memory."""
+    import aiohttp
+
+    from tests.fakes.vllm import MAX_MODEL_LEN, FakeVLLM
+
+    async with FakeVLLM(models=("m",)) as fake, aiohttp.ClientSession() as http:
+        for limit in (MAX_MODEL_LEN, 10**9):
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": limit}
+            async with http.post(fake.url + "/v1/chat/completions", json=body) as resp:
+                doc = await resp.json()
+            assert resp.status == 400, doc
+            assert doc["error"]["param"] == "max_tokens" and "maximum context length" in doc["error"]["message"]
