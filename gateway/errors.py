@@ -223,6 +223,12 @@ def type_for_status(status: int) -> str:
     return INVALID_REQUEST if 400 <= status < 500 else SERVER
 
 
+def status_of_stream_error(type_: str) -> int:
+    """The status a usage row records for an error event an engine sent inside a stream already answered 200:
+    the tenant's fault (400) when the engine calls the request invalid, else the engine's (502)."""
+    return 400 if type_ == INVALID_REQUEST else 502
+
+
 def error_for_status(status: int, message: str, *, code: str | None = None, headers: Headers = ()) -> OpenAIError:
     """The error for a status another layer reported (a framework's own HTTP error): the type and the headers
     that go with the status are decided here."""

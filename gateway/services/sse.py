@@ -22,7 +22,7 @@ import msgspec
 
 from gateway.engines.errors import EngineBadResponseError
 from gateway.engines.normalize import ErrorInfo, parse_stream_error
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, status_of_stream_error
 from gateway.services.call import Call
 from gateway.services.pipeline import StreamFilter
 
@@ -81,9 +81,7 @@ class SseRelay:
 
     @property
     def error_status(self) -> int:
-        if self.error is not None and self.error.type == "invalid_request_error":
-            return 400
-        return 502
+        return status_of_stream_error(self.error.type if self.error is not None else "")
 
     @property
     def usage(self) -> StreamUsage | None:
