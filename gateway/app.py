@@ -30,7 +30,7 @@ from gateway.engines.pool import EnginePool
 from gateway.engines.timeouts import EngineTimeouts
 from gateway.litestar_errors import EXCEPTION_HANDLERS
 from gateway.middleware import RequestContextMiddleware
-from gateway.routes import admin, health, inference, keys, models, usage
+from gateway.routes import admin, files, health, inference, keys, models, usage
 from gateway.services.catalog import ModelCatalog
 from gateway.services.container import Services
 from gateway.services.inference import InferenceService
@@ -148,7 +148,8 @@ def create_litestar(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             *inference.ROUTES, *models.ROUTES, *usage.ROUTES, *health.ROUTES,
-            keys.TenantKeysController, admin.AdminController, assets_router(),
+            keys.TenantKeysController, files.files_controller(settings.max_file_bytes), admin.AdminController,
+            assets_router(),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

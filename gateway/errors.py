@@ -56,7 +56,7 @@ from gateway.engines.errors import (
 from observability.context import get_request_id
 from observability.usage_queries import UsageQueryError
 from policies.errors import PolicyError
-from retrieval.errors import RetrievalError
+from retrieval.errors import FileNotFound, FileTooLarge, RetrievalError
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,8 @@ _DOMAIN: dict[type[BaseException], tuple[int, str]] = {
     AuthError: (401, AUTHENTICATION),
     UsageQueryError: (400, INVALID_REQUEST),
     AdapterError: (400, INVALID_REQUEST),
+    FileNotFound: (404, INVALID_REQUEST),
+    FileTooLarge: (413, INVALID_REQUEST),
     RetrievalError: (400, INVALID_REQUEST),
     PolicyError: (400, INVALID_REQUEST),
 }

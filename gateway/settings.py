@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     server: Literal["granian", "uvicorn"] = "uvicorn"
 
     max_body_bytes: int = 8 * 1024 * 1024
+    max_file_bytes: int = 100 * 1024 * 1024  # an upload to /v1/files (its own limit, not max_body_bytes); 413 past it
     body_read_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     # The request line and headers: bounded in size and in time, so no client holds a connection or the
@@ -206,7 +207,7 @@ def _validate(settings: Settings) -> None:
 
 def _check_positive(settings: Settings) -> None:
     positive = (
-        "workers", "max_body_bytes", "body_read_timeout", "shutdown_timeout", "max_header_bytes",
+        "workers", "max_body_bytes", "max_file_bytes", "body_read_timeout", "shutdown_timeout", "max_header_bytes",
         "header_read_timeout", "keep_alive_timeout", "max_connections", "max_body_containers", "max_body_items",
         "max_input_items",
         "db_pool_timeout", "engine_max_response_bytes", "engine_max_event_bytes", "engine_connect_timeout",

@@ -38,7 +38,7 @@ def pytest_runtest_makereport(
 
 
 # Tables holding data, emptied between tests (schema_migrations stays).
-DATA_TABLES = ("usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants")
+DATA_TABLES = ("file_parts", "files", "usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants")
 
 
 @pytest.fixture(scope="session")
