@@ -41,7 +41,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: a field (`param`), a query parameter, or two Authorization headers",
     401: "No API key, or one that is malformed, unknown, revoked or expired",
     403: "The key may not do this (role), or its tenant is disabled",
-    404: "No such model, tenant or key",
+    404: "No such model, tenant, key or file",
     408: "The request body did not arrive in time",
     409: "The name is taken",
     413: "The request body is larger than the limit",
