@@ -56,6 +56,7 @@ from gateway.engines.errors import (
 from observability.context import get_request_id
 from observability.usage_queries import UsageQueryError
 from policies.errors import PolicyError
+from retrieval import errors as retrieval_errors
 from retrieval.errors import FileNotFound, FileTooLarge, RetrievalError
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,9 @@ _DOMAIN: dict[type[BaseException], tuple[int, str]] = {
     AdapterError: (400, INVALID_REQUEST),
     FileNotFound: (404, INVALID_REQUEST),
     FileTooLarge: (413, INVALID_REQUEST),
+    retrieval_errors.NotFound: (404, INVALID_REQUEST),
+    retrieval_errors.EmbeddingUnavailable: (503, SERVER),
+    retrieval_errors.EmbeddingFailed: (502, SERVER),
     RetrievalError: (400, INVALID_REQUEST),
     PolicyError: (400, INVALID_REQUEST),
 }

@@ -28,3 +28,42 @@ class InvalidFile(RetrievalError):  # noqa: N818
     """The upload is unusable: no file part, an empty file, a bad purpose or file name."""
 
     code = "invalid_file"
+
+
+# --- Issue 10, vector stores and search. gateway/errors.py maps the bases below; add subclasses freely. ---
+
+
+class NotFound(RetrievalError):  # noqa: N818
+    """No such object in this tenant: another tenant's, or a malformed id, is not found either (404)."""
+
+    code = "not_found"
+
+
+class VectorStoreNotFound(NotFound):
+    code = "vector_store_not_found"
+
+
+class VectorStoreFileNotFound(NotFound):
+    code = "vector_store_file_not_found"
+
+
+class FileBatchNotFound(NotFound):
+    code = "file_batch_not_found"
+
+
+class InvalidRequest(RetrievalError):  # noqa: N818
+    """A request the retrieval package cannot act on as asked (400): a bad filter, chunking strategy, limit."""
+
+    code = "invalid_request"
+
+
+class EmbeddingUnavailable(RetrievalError):  # noqa: N818
+    """No embedding engine can take the request now (503): worth retrying later."""
+
+    code = "embedding_unavailable"
+
+
+class EmbeddingFailed(RetrievalError):  # noqa: N818
+    """The embedding engine refused or broke the request (502); retrying the same input will not help."""
+
+    code = "embedding_failed"

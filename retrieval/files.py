@@ -2,7 +2,8 @@
 
 The bytes are kept as pieces of ``PART_BYTES`` so an upload is written, and a download or an ingestion
 worker reads, one piece at a time: no 100 MB value is ever held in memory. Every function takes the tenant
-and filters by it; another tenant's file, like a malformed id, is :class:`FileNotFound`.
+and filters by it, inside a tenant-scoped transaction (``retrieval.tenancy``: row-level security as a second
+wall); another tenant's file, like a malformed id, is :class:`FileNotFound`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 from psycopg_pool import AsyncConnectionPool
 
 from retrieval.errors import FileNotFound, FileTooLarge, InvalidFile
+from retrieval.tenancy import tenant_transaction
 
 PART_BYTES = 1024 * 1024
 PURPOSES = ("assistants", "batch", "evals", "fine-tune", "user_data")
@@ -96,7 +98,7 @@ async def create_file(
     size = 0
     seq = 0
     pending = bytearray()
-    async with pool.connection() as conn, conn.transaction():
+    async with tenant_transaction(pool, tenant_id) as conn:
         await conn.execute(
             "INSERT INTO files (id, tenant_id, filename, purpose, bytes) VALUES (%s, %s, %s, %s, 0)",
             (file_id, tenant_id, name, purpose),
@@ -135,7 +137,7 @@ async def create_file(
 async def get_file(pool: AsyncConnectionPool, tenant_id: uuid.UUID, file_id: str) -> FileObject:
     if not is_file_id(file_id):
         raise _not_found(file_id)
-    async with pool.connection() as conn:
+    async with tenant_transaction(pool, tenant_id) as conn:
         cur = await conn.execute(f"SELECT {_COLS} FROM files WHERE id = %s AND tenant_id = %s", (file_id, tenant_id))
         row = await cur.fetchone()
     if row is None:
@@ -162,7 +164,7 @@ async def list_files(
         params += [tenant_id, after]
     direction = "ASC" if order == "asc" else "DESC"
     params.append(limit + 1)
-    async with pool.connection() as conn:
+    async with tenant_transaction(pool, tenant_id) as conn:
         cur = await conn.execute(
             f"SELECT {_COLS} FROM files WHERE {' AND '.join(where)}"
             f" ORDER BY created_at {direction}, id {direction} LIMIT %s",
@@ -176,7 +178,7 @@ async def read_content(pool: AsyncConnectionPool, tenant_id: uuid.UUID, file: Fi
     """The file's bytes, one piece per query (a file deleted meanwhile ends early)."""
     parts = -(-file.bytes // PART_BYTES)
     for seq in range(parts):
-        async with pool.connection() as conn:
+        async with tenant_transaction(pool, tenant_id) as conn:
             cur = await conn.execute(
                 "SELECT data FROM file_parts WHERE file_id = %s AND tenant_id = %s AND seq = %s",
                 (file.id, tenant_id, seq),
@@ -190,7 +192,7 @@ async def read_content(pool: AsyncConnectionPool, tenant_id: uuid.UUID, file: Fi
 async def delete_file(pool: AsyncConnectionPool, tenant_id: uuid.UUID, file_id: str) -> None:
     if not is_file_id(file_id):
         raise _not_found(file_id)
-    async with pool.connection() as conn, conn.transaction():
+    async with tenant_transaction(pool, tenant_id) as conn:
         cur = await conn.execute("DELETE FROM files WHERE id = %s AND tenant_id = %s", (file_id, tenant_id))
         if cur.rowcount == 0:
             raise _not_found(file_id)

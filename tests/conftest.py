@@ -38,7 +38,10 @@ def pytest_runtest_makereport(
 
 
 # Tables holding data, emptied between tests (schema_migrations stays).
-DATA_TABLES = ("file_parts", "files", "usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants")
+DATA_TABLES = (
+    "chunks", "vector_store_files", "vector_store_file_batches", "vector_stores", "file_parts", "files",
+    "usage_events", "audit_log", "api_keys", "platform_admin_key", "tenants",
+)
 
 
 @pytest.fixture(scope="session")
