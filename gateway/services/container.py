@@ -17,6 +17,8 @@ from gateway.services.inference import InferenceService
 from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings
 from observability.usage import UsageMeter
+from retrieval.embedding import Embedder
+from retrieval.jobs import IngestionQueue
 
 
 @dataclass
@@ -31,6 +33,9 @@ class Services:
     meter: UsageMeter
     inference: InferenceService
     shutdown: ShutdownWatch
+    # Retrieval (issue 10): set by the lifespan once the ingestion queue and the embedder are wired.
+    embedder: Embedder | None = None
+    ingestion: IngestionQueue | None = None
 
     @cached_property
     def body_limits(self) -> BodyLimits:
