@@ -77,6 +77,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_min: int = 1
     db_pool_max: int = 10
 
+    # Retrieval (vector stores, ingestion, grounded chat).
+    embedding_model: str | None = None  # the model ingestion and search embed with; None: the first one served
+    embedding_tokenizer: str | None = None  # its tokenizer.json or model folder; None: the engine's model folder
+    embedding_batch_size: int = 32  # texts per embedding request during ingestion
+    ingestion_in_gateway: bool = True  # run ingestion workers inside each gateway process (else: tenantgate worker)
+    ingestion_concurrency: int = 1  # ingestion jobs at once per worker process
+    ingestion_max_attempts: int = 3  # tries of one file before it ends failed (server_error)
+    max_file_pages: int = 2000  # a PDF with more pages ends failed
+    search_mode: Literal["hybrid", "vector", "text"] = "hybrid"  # the default of search and grounded chat
+
     # `tenantgate up`: the local vLLM engines it starts when no engine URLs are given.
     local_chat_port: int = 8100
     local_embedding_port: int = 8101
@@ -121,7 +131,7 @@ def _field_names() -> tuple[str, ...]:
 def _parse_env_value(field: str, raw: str) -> Any:
     if field in _TUPLE_FIELDS:
         return [part.strip() for part in raw.split(",") if part.strip()]
-    if raw == "" and field in {"database_url", "admin_key"}:
+    if raw == "" and field in {"database_url", "admin_key", "embedding_model", "embedding_tokenizer"}:
         return None
     return raw
 
@@ -213,6 +223,7 @@ def _check_positive(settings: Settings) -> None:
         "db_pool_timeout", "engine_max_response_bytes", "engine_max_event_bytes", "engine_connect_timeout",
         "engine_first_byte_timeout", "engine_total_timeout", "engine_health_interval", "auth_cache_size",
         "usage_flush_interval", "usage_batch_size", "usage_queue_max", "db_pool_max", "local_engine_start_timeout",
+        "embedding_batch_size", "ingestion_concurrency", "ingestion_max_attempts", "max_file_pages",
     )
     for field in positive:
         if getattr(settings, field) <= 0:
