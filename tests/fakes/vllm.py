@@ -129,6 +129,7 @@ class FakeVLLM:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/tokenize", self._tokenize)
         if self.purpose == "generate":
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_post("/v1/completions", self._completions)
@@ -228,6 +229,27 @@ class FakeVLLM:
         lines.append("# TYPE vllm:request_success_total counter")
         lines += [f'vllm:request_success_total{{model_name="{m}"}} {self.request_count}' for m in self.models]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``POST /tokenize``: ``{"model", "prompt"}`` or ``{"model", "messages"}`` -> ``{"count",
+        "max_model_len", "tokens"}``; a token is a word here, as the fake counts its prompt tokens."""
+        self.path_counts[request.path] += 1
+        doc = _decode(await request.read())
+        if isinstance(doc, web.Response):
+            return doc
+        _, err = self._check_model(doc)
+        if err is not None:
+            return err
+        messages, prompt = doc.get("messages"), doc.get("prompt")
+        if isinstance(messages, list):
+            text = " ".join(_message_text(m) for m in messages)
+        elif isinstance(prompt, str):
+            text = prompt
+        else:
+            return _error(400, "send 'prompt' (a string) or 'messages' (a list)", param="prompt")
+        tokens = [zlib.crc32(word.encode()) & 0xFFFF for word in text.split()] or [0]
+        out = {"count": len(tokens), "max_model_len": MAX_MODEL_LEN, "tokens": tokens}
+        return web.Response(body=_encode(out), content_type="application/json")
 
     async def _not_found(self, request: web.Request) -> web.Response:
         self.path_counts[request.path] += 1
