@@ -12,7 +12,9 @@ an error after a stream began is sent as one SSE event with that same object, th
 Misbehaviour is set at run time through `fake.faults` (see `Faults`); `down` is `await fake.stop()`,
 and `await fake.start()` comes back on the same port. What the fake received is recorded on it:
 `request_count`, `path_counts`, `last_path`, `last_body`, `last_headers`, `streams_started`,
-`streams_finished`, `cancelled` (and `await fake.wait_cancelled()`), `in_progress`.
+`streams_finished`, `cancelled` (and `await fake.wait_cancelled()`), `in_progress`, `embedding_requests`
+and `embedding_inputs`. Embeddings are a hashed bag of words (see `FakeVLLM.embedding`); an embedding
+fake's model cards say `max_model_len` 256, as vLLM's for all-MiniLM-L6-v2, and a longer input is a 400.
 
 As a process, for benchmarks::
 
@@ -28,6 +30,7 @@ import base64
 import contextlib
 import hashlib
 import math
+import re
 import signal
 import sys
 import zlib
@@ -48,6 +51,8 @@ _WORDS = (
     "river", "carries", "small", "boats", "past", "green", "hills", "under", "a", "bright", "sky",
 )  # fmt: skip
 MAX_MODEL_LEN = 2048  # what the fake's model cards say, and the most tokens a request may ask for
+EMBED_MAX_MODEL_LEN = 256  # what an embedding fake's cards say, as vLLM does for all-MiniLM-L6-v2
+_WORD = re.compile(r"\w+")
 _DEFAULT_MAX_TOKENS = 16
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
@@ -101,6 +106,7 @@ class FakeVLLM:
         self._created = 1_700_000_000
         self._seq = 0
         self._vectors: dict[str, list[float]] = {}
+        self._word_vectors: dict[str, list[float]] = {}
         self._cancel_event = asyncio.Event()
         self.set_models(models)
         self.reset()
@@ -181,6 +187,8 @@ class FakeVLLM:
         self.streams_started = 0
         self.streams_finished = 0  # streams that sent [DONE]
         self.cancelled = 0  # inference requests whose client went away before the answer was complete
+        self.embedding_requests = 0  # POST /v1/embeddings answered with vectors
+        self.embedding_inputs = 0  # texts embedded in those answers
         self._cancel_event.clear()
 
     async def wait_cancelled(self) -> None:
@@ -190,18 +198,35 @@ class FakeVLLM:
     def set_models(self, models: Sequence[str]) -> None:
         """Change the served model ids (e.g. to mimic a LoRA adapter being loaded)."""
         self.models = tuple(models)
-        cards = [_model_card(m, self._created) for m in self.models]
+        self.max_model_len = EMBED_MAX_MODEL_LEN if self.purpose == "embed" else MAX_MODEL_LEN
+        cards = [_model_card(m, self._created, self.max_model_len) for m in self.models]
         self._models_body = _encode({"object": "list", "data": cards})
 
     def embedding(self, text: str) -> list[float]:
-        """The deterministic unit vector the fake answers for `text`."""
+        """The deterministic unit vector the fake answers for `text`: the normalised sum of one hashed vector
+        per (lowercased) word, so texts that share words are near and texts that share none are nearly
+        orthogonal, as a real embedding model's would be for paraphrases and unrelated sentences."""
         vec = self._vectors.get(text)
         if vec is None:
-            raw = array.array("h", hashlib.shake_256(text.encode()).digest(2 * self.embedding_dim))
-            norm = math.sqrt(sum(x * x for x in raw)) or 1.0
-            vec = [x / norm for x in raw]
+            words = _WORD.findall(text.lower()) or [text]
+            total = [0.0] * self.embedding_dim
+            for word in words:
+                for i, x in enumerate(self._word_vector(word)):
+                    total[i] += x
+            norm = math.sqrt(sum(x * x for x in total)) or 1.0
+            vec = [x / norm for x in total]
             if len(self._vectors) < 10_000:
                 self._vectors[text] = vec
+        return vec
+
+    def _word_vector(self, word: str) -> list[float]:
+        vec = self._word_vectors.get(word)
+        if vec is None:
+            raw = array.array("h", hashlib.shake_256(word.encode()).digest(2 * self.embedding_dim))
+            norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+            vec = [x / norm for x in raw]
+            if len(self._word_vectors) < 100_000:
+                self._word_vectors[word] = vec
         return vec
 
     @staticmethod
@@ -419,6 +444,15 @@ class FakeVLLM:
         model, err = self._check_model(doc)
         if err is not None:
             return err
+        for text in inputs:  # as vLLM: an input past the context is refused, never cut (2 for [CLS] [SEP])
+            if len(_WORD.findall(text)) + 2 > self.max_model_len:
+                return _error(
+                    400, f"This model's maximum context length is {self.max_model_len} tokens. However, you"
+                    f" requested {len(_WORD.findall(text)) + 2} tokens in the input for embedding generation."
+                    " Please reduce the length of the input.", param="input",
+                )
+        self.embedding_requests += 1
+        self.embedding_inputs += len(inputs)
         as_base64 = doc.get("encoding_format") == "base64"
         data = []
         for i, text in enumerate(inputs):
@@ -489,7 +523,7 @@ def _chunk(
     return b"data: " + _encode(event) + b"\n\n"
 
 
-def _model_card(model: str, created: int) -> dict[str, Any]:
+def _model_card(model: str, created: int, max_model_len: int = MAX_MODEL_LEN) -> dict[str, Any]:
     permission = {
         "id": f"modelperm-{zlib.crc32(model.encode()):08x}",
         "object": "model_permission",
@@ -511,7 +545,7 @@ def _model_card(model: str, created: int) -> dict[str, Any]:
         "owned_by": "vllm",
         "root": f"/models/{model}",
         "parent": None,
-        "max_model_len": MAX_MODEL_LEN,
+        "max_model_len": max_model_len,
         "permission": [permission],
     }
 
