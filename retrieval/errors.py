@@ -67,3 +67,44 @@ class EmbeddingFailed(RetrievalError):  # noqa: N818
     """The embedding engine refused or broke the request (502); retrying the same input will not help."""
 
     code = "embedding_failed"
+
+
+# --- Issue 10, ingestion: a document that cannot be indexed. Its ``code`` is OpenAI's ``last_error.code``. ---
+
+
+class DocumentRejected(RetrievalError):  # noqa: N818  # the file ends ``failed``; never an HTTP error
+    """The file's content cannot be indexed; ``message`` is shown to the tenant as ``last_error.message``."""
+
+    code = "invalid_file"
+
+
+class UnsupportedDocument(DocumentRejected):
+    """Not text, Markdown, HTML or PDF (an image, an archive, an office file, other binary data)."""
+
+    code = "unsupported_file"
+
+
+class EncryptedDocument(DocumentRejected):
+    """A PDF that needs a password to open."""
+
+
+class CorruptDocument(DocumentRejected):
+    """A PDF (or other container) that cannot be read."""
+
+
+class EmptyDocument(DocumentRejected):
+    """No text at all: an empty file, blank text, or a PDF without a text layer (a scan)."""
+
+
+class DocumentTooLarge(DocumentRejected):
+    """More pages than the page limit, or more extracted text than the character limit."""
+
+
+# --- Issue 10, ingestion jobs (retrieval/ingest.py): never an HTTP error, the file ends ``failed``. ---
+
+
+class TokenizerUnavailable(RetrievalError):  # noqa: N818
+    """The embedding model's tokenizer cannot be loaded (or its vectors do not fit the store): the file ends
+    ``failed`` with ``server_error`` and this message, which names the setting to fix."""
+
+    code = "server_error"
