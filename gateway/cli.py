@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -131,6 +132,26 @@ def cmd_up(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    """Ingestion workers only, no HTTP: for operators who run ingestion apart (ingestion_in_gateway = false)."""
+    settings = _settings(args)
+    from gateway.ingestion import serve_worker
+    from observability.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.embedding_urls:
+        log.warning("no TENANTGATE_EMBEDDING_URLS set; every ingestion job will wait for an embedding engine")
+
+    async def run(url: str) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_worker(settings, url, stop)
+
+    _run(run, settings)
+
+
 def cmd_engines_install(args: argparse.Namespace) -> None:
     from enginehost import EngineInstallError, install_engines
 
@@ -221,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--engine-url", action="append", help="use this vLLM server for chat instead of starting one")
     up.add_argument("--embedding-url", action="append", help="use this vLLM server for embeddings")
     up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run ingestion workers only (no HTTP), with the same settings")
+    worker.set_defaults(func=cmd_worker)
 
     engines = sub.add_parser("engines", help="the local engines (vLLM for the CPU and the packaged models)")
     e_sub = engines.add_subparsers(dest="engines_command", required=True)

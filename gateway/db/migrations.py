@@ -1,7 +1,8 @@
 """Versioned schema migrations kept in ``gateway/db/migrations/NNNN_name.sql``.
 
 Each file runs once, in its own transaction, in version order. A Postgres advisory lock serialises
-concurrent upgrades, so many gateway replicas may start at once against one database.
+concurrent upgrades, so many gateway replicas may start at once against one database. The ingestion
+queue's tables (procrastinate's) are installed or upgraded under the same lock (:func:`upgrade_queue_schema`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -74,9 +77,64 @@ async def upgrade(conninfo: str) -> list[int]:
                     )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 applied_now.append(migration.version)
+            await upgrade_queue_schema(conn)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now
+
+
+# -- the job queue's own schema (procrastinate) ------------------------------------------------------------
+
+_QUEUE_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)_")
+
+
+def _version_tuple(text: str) -> tuple[int, int, int]:
+    parts = re.findall(r"\d+", text)[:3]
+    return (int(parts[0]), int(parts[1]), int(parts[2])) if len(parts) == 3 else (0, 0, 0)
+
+
+def _queue_migrations(folder: str, after: str, upto: str) -> list[str]:
+    """procrastinate's migration files of releases after ``after`` up to ``upto``, in order."""
+    have, want = _version_tuple(after), _version_tuple(upto)
+    return [
+        path.read_text(encoding="utf-8")
+        for path in sorted(Path(folder).glob("*.sql"))
+        if _QUEUE_VERSION.match(path.name) and have < _version_tuple(path.name) <= want
+    ]
+
+
+async def upgrade_queue_schema(conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """Install procrastinate's tables (the ingestion queue) once, or bring them to the installed release.
+
+    Runs inside :func:`upgrade`'s advisory lock. ``queue_schema`` records the procrastinate release whose
+    schema is in place: a fresh database gets the release's whole ``schema.sql``; a database set up by an
+    older release gets the library's own migration files newer than that release, in order. Returns the
+    release applied now, or None when nothing was to do."""
+    import procrastinate
+    from procrastinate.schema import SchemaManager
+
+    installed = procrastinate.__version__
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS queue_schema ("
+        " library text PRIMARY KEY, version text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    cur = await conn.execute("SELECT version FROM queue_schema WHERE library = 'procrastinate'")
+    row = await cur.fetchone()
+    if row is not None and _version_tuple(row[0]) >= _version_tuple(installed):
+        return None
+    async with conn.transaction():
+        if row is None:
+            await conn.execute(SchemaManager.get_schema().encode())
+        else:
+            for sql in _queue_migrations(SchemaManager.get_migrations_path(), row[0], installed):
+                await conn.execute(sql.encode())
+        await conn.execute(
+            "INSERT INTO queue_schema (library, version) VALUES ('procrastinate', %s)"
+            " ON CONFLICT (library) DO UPDATE SET version = excluded.version, applied_at = now()",
+            (installed,),
+        )
+    log.info("job queue schema at procrastinate %s", installed)
+    return installed
 
 
 async def current_version(conninfo: str) -> int | None:
