@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 import threading
 
-import pypdfium2 as pdfium  # type: ignore[import-untyped]  # no py.typed
-import pypdfium2.raw as pdfium_c  # type: ignore[import-untyped]
+import pypdfium2 as pdfium  # no py.typed: ignored in pyproject.toml's mypy overrides
+import pypdfium2.raw as pdfium_c
 
 from retrieval._parse_model import DocumentBuilder, HeadingStack, ParsedDocument
 from retrieval.errors import CorruptDocument, DocumentTooLarge, EncryptedDocument
