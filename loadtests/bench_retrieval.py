@@ -23,7 +23,11 @@ a tenant and a tenant admin key; everything started is stopped at the end, on er
    better of the two is the engine's rate, and the ratio is gateway chunks/s over it. The content endpoint
    gives each chunk without the overlap it shares with the one before; the overlap is put back from the
    previous chunk's tail, ``chunk_overlap_tokens`` tokens of the model's own tokenizer (the strategy each file
-   reports), so the engine embeds what ingestion embedded, up to a few tokens at the seams.
+   reports), so the engine embeds about what ingestion embedded (the chunker does not overlap across every
+   seam, so the rebuilt texts run a few per cent long). The ratio is therefore also given in tokens/s, which
+   needs no rebuilding: the gateway's side is the embedding tokens metered to the tenant during the batch
+   (``GET /v1/usage`` before and after; nothing else uses the tenant meanwhile), the engine's side the
+   ``usage.prompt_tokens`` it answered.
 3. Quality: every question of ``loadtests/data/pydocs/questions.jsonl`` goes through
    ``vector_stores.search(max_num_results=5, extra_body={"search_mode": mode})`` for each mode. A result is a
    hit when its file is the labelled page and its text contains the labelled answer (whitespace ignored).
@@ -113,6 +117,12 @@ class Ingestion:
     chunks: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # filename -> last_error
     overlap_tokens: int = 0
+    metered_requests: int = 0  # embedding requests and tokens metered to the tenant during ingestion
+    metered_tokens: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.metered_tokens / self.ingest_s if self.ingest_s > 0 and self.metered_tokens else math.nan
 
     @property
     def chunks_per_s(self) -> float:
@@ -130,6 +140,10 @@ class EngineRate:
     @property
     def chunks_per_s(self) -> float:
         return self.chunks / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.seconds if self.seconds > 0 and self.prompt_tokens else math.nan
 
 
 @dataclass
@@ -229,7 +243,8 @@ def start_stack(opts: Options, tmp: Path, children: Children, engines: contextli
     if opts.base_url:
         assert opts.api_key is not None
         return opts.base_url, opts.api_key, opts.embed_url
-    extra = {"TENANTGATE_EMBEDDING_BATCH_SIZE": str(opts.batch_size), "TENANTGATE_LOG_FORMAT": "text"}
+    extra = {"TENANTGATE_EMBEDDING_BATCH_SIZE": str(opts.batch_size), "TENANTGATE_LOG_FORMAT": "text",
+             "TENANTGATE_USAGE_FLUSH_INTERVAL": "0.2"}
     if opts.fake:
         embed_url = start_fake_engine(children)
         tokenizer = opts.tokenizer or default_tokenizer()
@@ -252,6 +267,28 @@ def start_stack(opts: Options, tmp: Path, children: Children, engines: contextli
 # -- ingestion ---------------------------------------------------------------------------------------
 
 
+def metered(client: openai.OpenAI) -> tuple[int, int]:
+    """(requests, prompt tokens) metered to this tenant today and yesterday (``GET /v1/usage``, a tenant admin's).
+    Nothing here chats, so these are the embedding calls: ingestion's, then the queries'."""
+    start = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))
+    doc = client.get("/usage", cast_to=httpx.Response, options={"params": {"start": start}}).json()
+    rows = doc.get("data", [])
+    return sum(int(r["requests"]) for r in rows), sum(int(r["prompt_tokens"]) for r in rows)
+
+
+def settled_usage(client: openai.OpenAI, before: tuple[int, int], timeout_s: float = 15.0) -> tuple[int, int]:
+    """The tenant's usage once the gateway's meter has flushed (two equal reads a second apart, past ``before``)."""
+    deadline = time.monotonic() + timeout_s
+    last = metered(client)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = metered(client)
+        if now == last and now != before:
+            return now
+        last = now
+    return last
+
+
 def ingest(client: openai.OpenAI, files: Sequence[Path], opts: Options) -> tuple[Ingestion, dict[str, str]]:
     """Upload the pages, attach them in one batch, wait for it; the figures and {file id: page name}."""
     result = Ingestion(files=len(files))
@@ -263,6 +300,7 @@ def ingest(client: openai.OpenAI, files: Sequence[Path], opts: Options) -> tuple
         uploaded = client.files.create(file=(path.name, data, "text/html"), purpose="assistants")
         names[uploaded.id] = path.name
     result.upload_s = time.perf_counter() - started
+    usage_before = metered(client)
     store = client.vector_stores.create(name="pydocs")
     result.store_id = store.id
     started = time.perf_counter()
@@ -272,6 +310,9 @@ def ingest(client: openai.OpenAI, files: Sequence[Path], opts: Options) -> tuple
     result.ingest_s = time.perf_counter() - started
     if batch.status != "completed":
         raise RuntimeError(f"the file batch ended {batch.status}: {batch.file_counts}")
+    usage_after = settled_usage(client, usage_before)
+    result.metered_requests = usage_after[0] - usage_before[0]
+    result.metered_tokens = usage_after[1] - usage_before[1]
     for item in client.vector_stores.files.list(vector_store_id=store.id, limit=100):
         if item.status != "completed":
             error = item.last_error
@@ -305,7 +346,7 @@ def with_overlap(pieces: Sequence[str], overlap_tokens: int, tokenizer: Path | N
         if i == 0:
             texts.append(piece)
             continue
-        previous = pieces[i - 1]
+        previous = "".join(pieces[max(0, i - 4) : i])  # a piece may be shorter than the overlap
         offsets = tok.encode(previous, add_special_tokens=False).offsets
         start = offsets[-overlap_tokens][0] if len(offsets) >= overlap_tokens else 0
         texts.append(previous[start:] + piece)
@@ -395,13 +436,17 @@ def report(ing: Ingestion, rates: list[EngineRate], quality: dict[str, list[Outc
         f"batch completed in {ing.ingest_s:.1f} s; {ing.chunks} chunks -> {_f(ing.chunks_per_s, 1)} chunks/s")
     if ing.failed:
         say(f"  files not completed: {ing.failed}")
+    say(f"  metered to the tenant during ingestion: {ing.metered_requests} embedding requests, "
+        f"{ing.metered_tokens} tokens -> {_f(ing.tokens_per_s, 0)} tokens/s")
     best = max(rates, key=lambda r: r.chunks_per_s, default=None)
     ratio = ing.chunks_per_s / best.chunks_per_s if best else math.nan
+    token_ratio = ing.tokens_per_s / best.tokens_per_s if best else math.nan
     for r in rates:
         say(f"engine directly ({r.model}), {meta['batch_size']} a request, {r.concurrency} at once: "
-            f"{r.chunks} chunks in {r.seconds:.1f} s -> {_f(r.chunks_per_s, 1)} chunks/s ({r.prompt_tokens} tokens)")
+            f"{r.chunks} chunks in {r.seconds:.1f} s -> {_f(r.chunks_per_s, 1)} chunks/s "
+            f"({r.prompt_tokens} tokens, {_f(r.tokens_per_s, 0)} tokens/s)")
     if best:
-        say(f"ingestion / engine rate: {_f(ratio)} (target >= 0.8)")
+        say(f"ingestion / engine rate: {_f(ratio)} in chunks/s, {_f(token_ratio)} in tokens/s (target >= 0.8)")
     else:
         say("engine rate: not measured (no --embed-url)")
     say(f"\nquality over {len(next(iter(quality.values()), []))} questions, top {TOP_K} "
@@ -432,7 +477,8 @@ def report(ing: Ingestion, rates: list[EngineRate], quality: dict[str, list[Outc
         say(line)
     return {"meta": meta, "ingestion": {**asdict(ing), "chunks_per_s": ing.chunks_per_s},
             "engine": [{**asdict(r), "chunks_per_s": r.chunks_per_s} for r in rates],
-            "ingestion_to_engine_ratio": ratio, "quality": table, "targets": targets}
+            "ingestion_to_engine_ratio": ratio, "ingestion_to_engine_token_ratio": token_ratio, "quality": table,
+            "targets": targets}
 
 
 def check_targets(table: dict[str, Any], ratio: float) -> list[str]:
