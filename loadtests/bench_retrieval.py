@@ -90,6 +90,7 @@ class Options:
     modes: tuple[str, ...]
     batch_size: int
     engine_concurrency: int
+    ingestion_concurrency: int | None
     poll_ms: int
     limit: int | None
     tokenizer: Path | None
@@ -245,6 +246,8 @@ def start_stack(opts: Options, tmp: Path, children: Children, engines: contextli
         return opts.base_url, opts.api_key, opts.embed_url
     extra = {"TENANTGATE_EMBEDDING_BATCH_SIZE": str(opts.batch_size), "TENANTGATE_LOG_FORMAT": "text",
              "TENANTGATE_USAGE_FLUSH_INTERVAL": "0.2"}
+    if opts.ingestion_concurrency:
+        extra["TENANTGATE_INGESTION_CONCURRENCY"] = str(opts.ingestion_concurrency)
     if opts.fake:
         embed_url = start_fake_engine(children)
         tokenizer = opts.tokenizer or default_tokenizer()
@@ -516,7 +519,8 @@ def environment(opts: Options) -> dict[str, Any]:
     return {
         "argv": sys.argv[1:], "python": platform.python_version(), "cpus": os.cpu_count(), "cpu_model": model,
         "loadavg_start": [round(v, 2) for v in os.getloadavg()], "fake_engine": opts.fake,
-        "batch_size": opts.batch_size, "started_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "batch_size": opts.batch_size, "ingestion_concurrency": opts.ingestion_concurrency,
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }  # fmt: skip
 
 
@@ -561,6 +565,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
                    help="texts per embedding request, the gateway's and the direct run's (default 32)")
     p.add_argument("--engine-concurrency", type=int, default=4,
                    help="concurrent requests of the direct run besides one at a time (default 4)")
+    p.add_argument("--ingestion-concurrency", type=int,
+                   help="the gateway's ingestion jobs at once (files embedded in parallel; default: its setting)")
     p.add_argument("--poll-ms", type=int, default=200, help="file batch poll interval in ms (default 200)")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json of the embedding model (default: the package's)")
@@ -580,7 +586,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     return Options(
         base_url=a.base_url.rstrip("/") if a.base_url else None, api_key=a.api_key,
         embed_url=a.embed_url.rstrip("/") if a.embed_url else None, fake=a.fake, modes=modes,
-        batch_size=a.batch_size, engine_concurrency=a.engine_concurrency, poll_ms=a.poll_ms, limit=a.limit,
+        batch_size=a.batch_size, engine_concurrency=a.engine_concurrency,
+        ingestion_concurrency=a.ingestion_concurrency, poll_ms=a.poll_ms, limit=a.limit,
         tokenizer=a.tokenizer, timeout=a.timeout, json_path=a.json_path, keep_tmp=a.keep_tmp,
     )  # fmt: skip
 
