@@ -30,7 +30,7 @@ from gateway.engines.pool import EnginePool
 from gateway.engines.timeouts import EngineTimeouts
 from gateway.litestar_errors import EXCEPTION_HANDLERS
 from gateway.middleware import RequestContextMiddleware
-from gateway.routes import admin, files, health, inference, keys, models, usage, vector_stores
+from gateway.routes import admin, files, health, inference, keys, models, search, usage, vector_stores
 from gateway.services.catalog import ModelCatalog
 from gateway.services.container import Services
 from gateway.services.inference import InferenceService
@@ -149,7 +149,7 @@ def create_litestar(settings: Settings) -> Litestar:
         route_handlers=[
             *inference.ROUTES, *models.ROUTES, *usage.ROUTES, *health.ROUTES,
             keys.TenantKeysController, files.files_controller(settings.max_file_bytes), admin.AdminController,
-            vector_stores.VectorStoresController,
+            vector_stores.VectorStoresController, search.search_route(),
             assets_router(),
         ],
         lifespan=[lifespan],

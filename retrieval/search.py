@@ -1,0 +1,369 @@
+"""Search over a tenant's chunks: by meaning (pgvector HNSW), by words (Postgres full text), or both fused.
+
+One search (:func:`search`):
+
+1. The stores are checked in a tenant transaction (a malformed, unknown or other tenant's id is a
+   :class:`~retrieval.errors.VectorStoreNotFound`) and, at most once a minute, marked active
+   (``last_active_at`` and so ``expires_at`` move on).
+2. The query is embedded (vector and hybrid modes), outside any transaction.
+3. In one tenant transaction: each arm fetches its candidates (ids and scores only), scoped by
+   ``tenant_id`` and the store ids, with the attribute filter (``retrieval.filters``) in the same WHERE;
+   the arms' lists are fused; the best ``max_num_results`` above the threshold are read whole, with their
+   file names.
+
+The vector arm orders by cosine distance with pgvector 0.8's iterative index scan
+(``hnsw.iterative_scan = relaxed_order``): when the filter or the scope removes most rows the index
+returns, the scan goes on until it has enough (up to ``hnsw.max_scan_tuples``). For a small store the
+planner takes the ``(tenant_id, vector_store_id)`` index and sorts exactly instead.
+
+The text arm matches any of the query's words (an OR of its lexemes under the ``english`` configuration,
+the one the ``chunks.tsv`` column is built with), ranked by ``ts_rank_cd`` (cover density, divided by
+1 + log of the chunk's length, mapped into 0..1). Words that hold digits or punctuation (error codes,
+version numbers, file names) are not stemmed by that configuration, so identifiers match exactly.
+
+Scores are in 0..1. Vector: the cosine similarity (negative ones as 0). Text: the rank above. Hybrid,
+``weighted`` fusion (the default): each arm's scores divided by the arm's best (its theoretical least
+is 0), then ``vector_weight * v + (1 - vector_weight) * t``; ``rrf`` fusion: the sum of
+``1 / (rrf_k + rank)`` over the lists, divided by the most a chunk can get (first in every list).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
+
+from retrieval.embedding import Embedder, EmbeddingPurpose, Vector
+from retrieval.errors import EmbeddingUnavailable, InvalidRequest, VectorStoreNotFound
+from retrieval.filters import Filter, to_sql
+from retrieval.store_files import touch_stores
+from retrieval.tenancy import tenant_transaction
+
+__all__ = [
+    "MAX_NUM_RESULTS", "MAX_QUERIES", "MAX_QUERY_CHARS", "MAX_STORES", "Fusion", "SearchHit", "SearchMode",
+    "SearchOptions", "SearchResult", "is_vector_store_id", "rewrite_query", "search", "search_chunks",
+]
+
+SearchMode = Literal["hybrid", "vector", "text"]
+Fusion = Literal["weighted", "rrf"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "vector", "text")
+
+MAX_NUM_RESULTS = 50
+MAX_QUERIES = 8  # strings in one query list
+MAX_QUERY_CHARS = 4096  # per query string
+MAX_STORES = 16  # stores one search may name (grounded chat: `retrieval.vector_store_ids`)
+TOUCH_AFTER_S = 60  # a store's last_active_at moves at most this often
+
+_STORE_ID = re.compile(r"vs_[A-Za-z0-9_-]{1,64}")
+
+
+class VectorStoreExpired(InvalidRequest):
+    """The store's ``expires_after`` passed: it keeps its files until the sweep removes it, but answers no search."""
+
+    code = "vector_store_expired"
+
+
+class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
+    vector_store_id: str
+    file_id: str
+    filename: str
+    chunk_index: int
+    text: str
+    attributes: dict[str, Any]
+    score: float
+
+
+class SearchResult(msgspec.Struct, frozen=True, kw_only=True):
+    search_query: list[str]  # the queries as searched (rewritten, if asked)
+    hits: list[SearchHit]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOptions:
+    """How search works, from the settings: mode, fusion and the index's knobs."""
+
+    mode: SearchMode = "hybrid"
+    fusion: Fusion = "weighted"
+    vector_weight: float = 0.5  # weighted fusion: the vector arm's share
+    rrf_k: int = 60
+    candidates: int = 40  # each arm's list: at least this many, and twice max_num_results
+    ef_search: int = 100  # hnsw.ef_search: candidates the index keeps while it walks
+
+
+DEFAULT_OPTIONS = SearchOptions()
+
+
+def is_vector_store_id(value: str) -> bool:
+    return _STORE_ID.fullmatch(value) is not None
+
+
+# -- the query ---------------------------------------------------------------------------------------------
+
+_FILLER = (
+    "a an the is are was were be been do does did can could should would will shall may might must i me my we "
+    "our you your please tell explain show find give what which who whom whose when where why how about of "
+    "for to in on at by with from into there this that these those it its"
+)
+_QUESTION_WORDS = frozenset(_FILLER.split())
+_TOKEN = re.compile(r"\S+")
+_EDGE_PUNCT = "?!.,;:\"'()[]{}"
+
+
+def rewrite_query(query: str) -> str:
+    """A deterministic rewrite for search (``rewrite_query: true``): the question's filler words and edge
+    punctuation dropped, identifiers and content words kept in order. ``"What is the default port of
+    the HTTP server?"`` -> ``"default port HTTP server"``. A query of filler words alone is kept as it is."""
+    kept = []
+    for token in _TOKEN.findall(query):
+        word = token.strip(_EDGE_PUNCT)
+        if word and word.lower() not in _QUESTION_WORDS:
+            kept.append(word)
+    return " ".join(kept) if kept else query.strip()
+
+
+def check_queries(query: str | Sequence[str], param: str = "query") -> list[str]:
+    """The query strings of a request: a string or a list of 1..MAX_QUERIES strings, none blank or too long."""
+    queries = [query] if isinstance(query, str) else list(query)
+    if not queries or len(queries) > MAX_QUERIES:
+        raise InvalidRequest(f"'{param}' is a string or a list of 1 to {MAX_QUERIES} strings.", param=param)
+    for i, text in enumerate(queries):
+        where = param if isinstance(query, str) else f"{param}[{i}]"
+        if not text.strip():
+            raise InvalidRequest(f"'{where}' must not be empty.", param=where)
+        if len(text) > MAX_QUERY_CHARS:
+            raise InvalidRequest(f"'{where}' is longer than {MAX_QUERY_CHARS} characters.", param=where)
+    return queries
+
+
+# -- the stores --------------------------------------------------------------------------------------------
+
+_STORES = """
+SELECT id, expires_at IS NOT NULL AND expires_at <= now(), last_active_at < now() - make_interval(secs => %s)
+FROM vector_stores WHERE tenant_id = %s AND id = ANY(%s)
+"""
+
+
+
+async def check_stores(
+    pool: AsyncConnectionPool[Any], tenant_id: uuid.UUID, store_ids: Sequence[str], param: str = "vector_store_id"
+) -> None:
+    """Raise unless every store is the tenant's and live; mark the ones idle for a minute active."""
+    if not store_ids or len(store_ids) > MAX_STORES:
+        raise InvalidRequest(f"Name 1 to {MAX_STORES} vector stores.", param=param)
+    for store_id in store_ids:
+        if not is_vector_store_id(store_id):
+            raise _not_found(store_id, param)
+    wanted = list(dict.fromkeys(store_ids))
+    async with tenant_transaction(pool, tenant_id) as conn:
+        cur = await conn.execute(_STORES, (TOUCH_AFTER_S, tenant_id, wanted))
+        rows = await cur.fetchall()
+        found = {row[0]: row for row in rows}
+        for store_id in wanted:
+            if store_id not in found:
+                raise _not_found(store_id, param)
+            if found[store_id][1]:
+                raise VectorStoreExpired(f"Vector store {store_id} has expired.", param=param)
+        stale = [row[0] for row in rows if row[2]]
+        if stale:
+            await touch_stores(conn, tenant_id, stale)
+
+
+def _not_found(store_id: str, param: str) -> VectorStoreNotFound:
+    return VectorStoreNotFound(f"No vector store found with id '{store_id[:80]}'.", param=param)
+
+
+# -- the arms ----------------------------------------------------------------------------------------------
+
+_SCAN = "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %s, true)"
+
+_VECTOR = """
+SELECT id, 1 - (embedding <=> %s::vector) AS similarity FROM chunks
+WHERE tenant_id = %s AND vector_store_id = ANY(%s){filter}
+ORDER BY embedding <=> %s::vector LIMIT %s
+"""
+
+# The OR of the query's lexemes, each quoted as a tsquery operand (a quote doubled, a backslash escaped):
+# lexemes are already normalised, so the 'simple' configuration takes them as they are.
+_TEXT = """
+WITH q AS (
+    SELECT to_tsquery('simple', string_agg(
+        '''' || replace(replace(lexeme, E'\\\\', E'\\\\\\\\'), '''', '''''') || '''', ' | ')) AS query
+    FROM unnest(to_tsvector('english', %s))
+)
+SELECT c.id, ts_rank_cd(c.tsv, q.query, 1 | 32) AS rank FROM chunks c, q
+WHERE q.query IS NOT NULL AND c.tsv @@ q.query
+  AND c.tenant_id = %s AND c.vector_store_id = ANY(%s){filter}
+ORDER BY rank DESC, c.id LIMIT %s
+"""
+
+_DETAILS = """
+SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.text, c.attributes
+FROM chunks c JOIN files f ON f.id = c.file_id AND f.tenant_id = c.tenant_id
+WHERE c.tenant_id = %s AND c.id = ANY(%s)
+"""
+
+_Ranked = list[tuple[int, float]]  # (chunk id, score), best first
+
+
+async def _vector_arm(
+    conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], vector: Vector,
+    where: tuple[sql.Composable, list[Any]], limit: int,
+) -> _Ranked:
+    condition, params = where
+    query = sql.SQL(_VECTOR).format(filter=condition)
+    cur = await conn.execute(query, (vector, tenant_id, store_ids, *params, vector, limit))
+    rows = await cur.fetchall()
+    ranked = [(int(row[0]), max(0.0, min(1.0, float(row[1])))) for row in rows]
+    ranked.sort(key=lambda item: -item[1])  # relaxed_order: the index may hand them slightly out of order
+    return ranked
+
+
+async def _text_arm(
+    conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], text: str,
+    where: tuple[sql.Composable, list[Any]], limit: int,
+) -> _Ranked:
+    condition, params = where
+    query = sql.SQL(_TEXT).format(filter=condition)
+    cur = await conn.execute(query, (text, tenant_id, store_ids, *params, limit))
+    return [(int(row[0]), float(row[1])) for row in await cur.fetchall()]
+
+
+def _where(filters: Filter | None) -> tuple[sql.Composable, list[Any]]:
+    if filters is None:
+        return sql.SQL(""), []
+    condition, params = to_sql(filters, "attributes")
+    return sql.SQL(" AND {}").format(condition), params
+
+
+# -- fusion ------------------------------------------------------------------------------------------------
+
+
+def fuse_weighted(vector_lists: Sequence[_Ranked], text_lists: Sequence[_Ranked], vector_weight: float) -> _Ranked:
+    """Normalised-score fusion: each arm's best score per chunk over its lists, divided by the arm's best
+    score (its theoretical least is 0), then mixed ``vector_weight : 1 - vector_weight``."""
+    fused: dict[int, float] = {}
+    for weight, lists in ((vector_weight, vector_lists), (1.0 - vector_weight, text_lists)):
+        best: dict[int, float] = {}
+        for ranked in lists:
+            for chunk_id, score in ranked:
+                if score > best.get(chunk_id, -1.0):
+                    best[chunk_id] = score
+        top = max(best.values(), default=0.0)
+        if top <= 0.0:
+            continue
+        for chunk_id, score in best.items():
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + weight * score / top
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def fuse_rrf(lists: Sequence[_Ranked], k: int) -> _Ranked:
+    """Reciprocal rank fusion: ``sum(1 / (k + rank))`` over the lists (rank from 1), divided by its most."""
+    lists = [ranked for ranked in lists if ranked]
+    if not lists:
+        return []
+    fused: dict[int, float] = {}
+    for ranked in lists:
+        for rank, (chunk_id, _) in enumerate(ranked, start=1):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (k + rank)
+    most = len(lists) / (k + 1)
+    return sorted(((cid, score / most) for cid, score in fused.items()), key=lambda item: (-item[1], item[0]))
+
+
+def fuse(
+    mode: SearchMode, vector_lists: Sequence[_Ranked], text_lists: Sequence[_Ranked], options: SearchOptions
+) -> _Ranked:
+    if mode == "vector":
+        return fuse_weighted(vector_lists, (), 1.0) if len(vector_lists) > 1 else _scores_as_they_are(vector_lists)
+    if mode == "text":
+        return _scores_as_they_are(text_lists) if len(text_lists) == 1 else _best_of(text_lists)
+    if options.fusion == "rrf":
+        return fuse_rrf([*vector_lists, *text_lists], options.rrf_k)
+    return fuse_weighted(vector_lists, text_lists, options.vector_weight)
+
+
+def _scores_as_they_are(lists: Sequence[_Ranked]) -> _Ranked:
+    return list(lists[0]) if lists else []
+
+
+def _best_of(lists: Sequence[_Ranked]) -> _Ranked:
+    best: dict[int, float] = {}
+    for ranked in lists:
+        for chunk_id, score in ranked:
+            best[chunk_id] = max(score, best.get(chunk_id, 0.0))
+    return sorted(best.items(), key=lambda item: (-item[1], item[0]))
+
+
+# -- search ------------------------------------------------------------------------------------------------
+
+
+async def search_chunks(
+    pool: AsyncConnectionPool[Any], tenant_id: uuid.UUID, store_ids: Sequence[str], *, queries: Sequence[str],
+    vectors: Sequence[Vector], filters: Filter | None = None, max_num_results: int = 10,
+    score_threshold: float = 0.0, mode: SearchMode = "hybrid", options: SearchOptions = DEFAULT_OPTIONS,
+) -> list[SearchHit]:
+    """The best chunks of the tenant's ``store_ids`` (already checked) for ``queries`` (text arm) and their
+    ``vectors`` (vector arm; empty in text mode), best first, none scoring under ``score_threshold``."""
+    stores = list(dict.fromkeys(store_ids))
+    limit = max(options.candidates, 2 * max_num_results)
+    where = _where(filters)
+    vector_lists: list[_Ranked] = []
+    text_lists: list[_Ranked] = []
+    async with tenant_transaction(pool, tenant_id) as conn:
+        if mode != "text":
+            await conn.execute(_SCAN, (str(options.ef_search),))
+            for vector in vectors:
+                vector_lists.append(await _vector_arm(conn, tenant_id, stores, vector, where, limit))
+        if mode != "vector":
+            for text in queries:
+                text_lists.append(await _text_arm(conn, tenant_id, stores, text, where, limit))
+        fused = ((cid, round(score, 6)) for cid, score in fuse(mode, vector_lists, text_lists, options))
+        ranked = [(cid, score) for cid, score in fused if score >= score_threshold][:max_num_results]
+        if not ranked:
+            return []
+        cur = await conn.execute(_DETAILS, (tenant_id, [cid for cid, _ in ranked]))
+        rows = {row[0]: row for row in await cur.fetchall()}
+    hits = []
+    for chunk_id, score in ranked:
+        row = rows.get(chunk_id)
+        if row is None:  # removed between the two reads (a detach): not a result any more
+            continue
+        hits.append(SearchHit(
+            vector_store_id=row[1], file_id=row[2], filename=row[3], chunk_index=row[4], text=row[5],
+            attributes=row[6], score=score,
+        ))
+    return hits
+
+
+async def search(
+    pool: AsyncConnectionPool[Any], embedder: Embedder | None, tenant_id: uuid.UUID, store_ids: Sequence[str],
+    query: str | Sequence[str], *, key_id: uuid.UUID | None, filters: Filter | None = None,
+    max_num_results: int = 10, score_threshold: float = 0.0, rewrite: bool = False, mode: SearchMode | None = None,
+    options: SearchOptions = DEFAULT_OPTIONS, purpose: EmbeddingPurpose = "search",
+    store_param: str = "vector_store_id", query_param: str = "query",
+) -> SearchResult:
+    """Check the stores, embed the query (unless ``mode`` is ``text``) metered to the tenant, and search."""
+    if not 1 <= max_num_results <= MAX_NUM_RESULTS:
+        raise InvalidRequest(f"max_num_results must be between 1 and {MAX_NUM_RESULTS}.", param="max_num_results")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise InvalidRequest("score_threshold must be between 0 and 1.", param="ranking_options.score_threshold")
+    queries = check_queries(query, query_param)
+    if rewrite:
+        queries = [rewrite_query(text) for text in queries]
+    mode = mode or options.mode
+    await check_stores(pool, tenant_id, store_ids, store_param)
+    vectors: list[Vector] = []
+    if mode != "text":
+        if embedder is None:
+            raise EmbeddingUnavailable("No embedding engine is configured; search with search_mode 'text'.")
+        vectors = (await embedder.embed(queries, tenant_id=tenant_id, key_id=key_id, purpose=purpose)).vectors
+    hits = await search_chunks(
+        pool, tenant_id, store_ids, queries=queries, vectors=vectors, filters=filters,
+        max_num_results=max_num_results, score_threshold=score_threshold, mode=mode, options=options,
+    )
+    return SearchResult(search_query=queries, hits=hits)
