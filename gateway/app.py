@@ -24,10 +24,12 @@ from gateway.auth.service import Authenticator
 from gateway.db.migrations import upgrade
 from gateway.db.pool import open_pool
 from gateway.docs_page import OfflineSwaggerPlugin, assets_router, docs_router
+from gateway.embedder import EngineEmbedder
 from gateway.engines.client import EngineClient
 from gateway.engines.http1 import HttpClient
 from gateway.engines.pool import EnginePool
 from gateway.engines.timeouts import EngineTimeouts
+from gateway.ingestion import open_ingestion
 from gateway.litestar_errors import EXCEPTION_HANDLERS
 from gateway.middleware import RequestContextMiddleware
 from gateway.routes import admin, files, health, inference, keys, models, search, usage, vector_stores
@@ -115,12 +117,27 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         shutdown = ShutdownWatch(settings.shutdown_timeout)
         stack.enter_context(shutdown.hooked_signals())
         catalog = ModelCatalog(engines)
+        # Retrieval: the embedder every embedding of ingestion and search goes through (metered to the tenant),
+        # and the ingestion queue, with a worker in this process unless ingestion runs apart (tenantgate worker).
+        embedder = EngineEmbedder(engines, client, meter, model=settings.embedding_model)
+        ingestion = await stack.enter_async_context(
+            open_ingestion(
+                db_url=settings.database_url, pool=db, embedder=embedder,
+                run_in_process=settings.ingestion_in_gateway, tokenizer_path=settings.embedding_tokenizer,
+                batch_size=settings.embedding_batch_size, max_pages=settings.max_file_pages,
+                max_attempts=settings.ingestion_max_attempts, concurrency=settings.ingestion_concurrency,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
+        )
         # The request pipeline: the retrieval, adapter, policy and tracing parts plug in here.
         pipeline = Pipeline(observers=(MeterUsage(meter),))
         inference = InferenceService(
             client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
         )
-        yield Services(settings, db, auth, http, engines, client, catalog, meter, inference, shutdown)
+        yield Services(
+            settings, db, auth, http, engines, client, catalog, meter, inference, shutdown, embedder=embedder,
+            ingestion=ingestion,
+        )
 
 
 def freeze_startup_objects() -> None:

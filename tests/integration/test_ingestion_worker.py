@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway.db.migrations import upgrade
 from retrieval.errors import EmbeddingFailed, EmbeddingUnavailable
+from tests.integration.conftest import Gateway, TenantKeys
 from tests.integration.test_ingestion import (
     MARKDOWN,
     Env,
@@ -128,3 +129,24 @@ async def test_a_query_embedding_is_metered_with_its_tokens(env: Env) -> None:  
     assert await _usage(env) == [(200, None, 4, env.key)]
     model = await env.embedder.model()
     assert (model.name, model.dimensions, model.max_input_tokens) == ("fake-embed", 384, 256)
+
+
+async def test_upload_and_poll_through_the_gateway_ends_completed_or_failed(
+    gateway: Gateway, tenant: TenantKeys
+) -> None:
+    client = gateway.openai(tenant.admin_key)
+    store = await client.vector_stores.create(name="docs")
+    done = await client.vector_stores.files.upload_and_poll(
+        vector_store_id=store.id, file=("setup.md", MARKDOWN), poll_interval_ms=100
+    )
+    assert (done.status, done.last_error) == ("completed", None) and done.usage_bytes > 0
+    assert done.chunking_strategy is not None and done.chunking_strategy.type == "static"
+    bad = await client.vector_stores.files.upload_and_poll(
+        vector_store_id=store.id, file=("notes.txt", b"\x89PNG\r\n\x1a\n" + bytes(64)), poll_interval_ms=100
+    )
+    assert bad.status == "failed" and bad.last_error is not None and bad.last_error.code == "unsupported_file"
+    async with gateway.services.db.connection() as conn:
+        cur = await conn.execute("SELECT file_id, count(*) FROM chunks GROUP BY file_id")
+        rows = await cur.fetchall()
+    assert [r[0] for r in rows] == [done.id] and rows[0][1] > 0  # nothing of the failed file is searchable
+
