@@ -32,7 +32,16 @@ class PageQuery(msgspec.Struct, frozen=True):
             raise InvalidPage(f"limit must be between 1 and {MAX_LIMIT}.", param="limit")
         if self.order not in ("asc", "desc"):
             raise InvalidPage("order must be 'asc' or 'desc'.", param="order")
+        if any(c is not None and "\x00" in c for c in (self.after, self.before)):
+            # Postgres text cannot hold NUL; no object's id does either, so the cursor matches nothing.
+            return msgspec.structs.replace(
+                self, after=_nothing(self.after), before=_nothing(self.before)
+            )
         return self
+
+
+def _nothing(cursor: str | None) -> str | None:
+    return "" if cursor is not None and "\x00" in cursor else cursor
 
 
 class Keyset(msgspec.Struct, frozen=True):

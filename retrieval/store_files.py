@@ -250,6 +250,8 @@ async def attach_file(
 async def _get(
     conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_id: str, file_id: str, *, lock: bool = False
 ) -> o.VectorStoreFileObject:
+    if not is_file_id(file_id):
+        raise _file_not_attached(store_id, file_id)
     cur = await conn.execute(
         f"SELECT {_COLS} FROM vector_store_files vsf"
         " WHERE vsf.tenant_id = %s AND vsf.vector_store_id = %s AND vsf.file_id = %s" + (" FOR UPDATE" if lock else ""),
@@ -331,6 +333,8 @@ async def detach_file(pool: AsyncConnectionPool, tenant_id: uuid.UUID, store_id:
     """Detach the file; its chunks go with the row (foreign key cascade). The file itself stays."""
     async with tenant_transaction(pool, tenant_id) as conn:
         await store_exists(conn, tenant_id, store_id)
+        if not is_file_id(file_id):
+            raise _file_not_attached(store_id, file_id)
         cur = await conn.execute(
             "DELETE FROM vector_store_files WHERE tenant_id = %s AND vector_store_id = %s AND file_id = %s",
             (tenant_id, store_id, file_id),

@@ -188,3 +188,23 @@ async def test_attach_needs_the_tenants_own_file_and_store(gateway: Gateway, que
         update = await http.post(f"/v1/vector_stores/{store.id}/files/{own}", json={"attributes": {}})
         assert update.status_code == 404  # not attached
     assert (await client.vector_stores.retrieve(store.id)).file_counts.total == 0
+
+
+async def test_a_failed_hand_off_still_attaches(gateway: Gateway, tenant: TenantKeys, queue: RecordingQueue) -> None:
+    """The rows are the truth: the queue's sweep finds a file whose hand-off failed."""
+    queue.fail = True
+    (file_id,) = await upload(gateway, tenant.admin_key)
+    client = gateway.openai(tenant.admin_key)
+    store = await client.vector_stores.create()
+    attached = await client.vector_stores.files.create(store.id, file_id=file_id)
+    assert attached.status == "in_progress" and queue.submitted == []
+
+
+async def test_nul_cursors_match_nothing(gateway: Gateway, tenant: TenantKeys, queue: RecordingQueue) -> None:
+    (file_id,) = await upload(gateway, tenant.admin_key)
+    store = await gateway.openai(tenant.admin_key).vector_stores.create(file_ids=[file_id])
+    async with gateway.http(tenant.user_key) as http:
+        for path in ("/v1/vector_stores", f"/v1/vector_stores/{store.id}/files"):
+            for cursor in ("after", "before"):
+                answer = await http.get(path, params={cursor: "vs_\x00"})
+                assert answer.status_code == 200 and answer.json()["data"] == [], (path, cursor)
