@@ -38,6 +38,8 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True):
     stream_options: StreamOptions | UnsetType | None = UNSET
     max_tokens: int | None = None
     n: int | None = None
+    # tenantgate's grounded generation (issue 10): {"vector_store_ids", ...}, read by the retrieval step only.
+    retrieval: msgspec.Raw | UnsetType = UNSET
 
     @property
     def wants_usage_in_stream(self) -> bool:

@@ -34,6 +34,7 @@ OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 UNKNOWN_MODEL = "unknown"  # the model label of a call whose model no route was found for (or not known yet)
 
 _decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_DROP = b""  # the edit that removes a field (compared by identity: no valid JSON value is empty)
 
 
 class Call:
@@ -111,6 +112,13 @@ class Call:
         self._edits[key] = raw_json
         self._splice = self._splice and absent
 
+    def drop_field(self, key: str) -> None:
+        """Send the body without its top-level ``key`` (a field for the gateway only, such as ``retrieval``)."""
+        if self._edits is None:
+            self._edits = {}
+        self._edits[key] = _DROP
+        self._splice = False
+
     def edited(self, key: str) -> bytes | None:
         return None if self._edits is None else self._edits.get(key)
 
@@ -126,7 +134,10 @@ class Call:
             return body[:start] + members + body[start:]
         top = dict(self.top_level())
         for key, value in edits.items():
-            top[key] = msgspec.Raw(value)
+            if value is _DROP:
+                top.pop(key, None)
+            else:
+                top[key] = msgspec.Raw(value)
         return msgspec.json.encode(top)
 
     # -- pipeline plug-ins per call --------------------------------------------------------------

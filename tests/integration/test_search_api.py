@@ -61,7 +61,9 @@ async def test_sdk_search_answers_openais_page(gateway: Gateway, tenant: TenantK
     assert raw["data"][0]["file_id"] == ids["errors.md"]  # hybrid by default: the code only full text finds
 
 
-async def test_filters_threshold_modes_and_rewrite(gateway: Gateway, tenant: TenantKeys, embedder: WordsEmbedder) -> None:
+async def test_filters_threshold_modes_and_rewrite(
+    gateway: Gateway, tenant: TenantKeys, embedder: WordsEmbedder
+) -> None:
     store, ids = await _seed(gateway, tenant)
     async with gateway.http(tenant.user_key) as http:
         async def files(**body: Any) -> list[str]:
