@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import numpy as np
 from psycopg import AsyncConnection
 
 from retrieval.embedding import EmbeddingModel, EmbeddingPurpose, Embeddings
@@ -123,6 +124,14 @@ def random_unit(rng: random.Random) -> list[float]:
     return [x / norm for x in vec]
 
 
+def random_unit_texts(seed: int, count: int) -> list[str]:
+    """``count`` random unit vectors in pgvector's text form (numpy: fast enough for 100k)."""
+    gen = np.random.default_rng(seed)
+    vecs = gen.standard_normal((count, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return ["[" + ",".join(row) + "]" for row in np.char.mod("%.5f", vecs).tolist()]
+
+
 async def copy_random_chunks(
     conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_id: str, count: int, *, seed: int = 0,
     words: Sequence[str] = ("alpha", "beta", "gamma", "delta"), attributes: dict[str, Any] | None = None,
@@ -130,6 +139,7 @@ async def copy_random_chunks(
 ) -> list[str]:
     """``count`` chunks with random unit vectors in ``store_id``, ``per_file`` to a file, via COPY."""
     rng = random.Random(seed)
+    vectors = random_unit_texts(seed, count)
     attrs = msgspec.json.encode(attributes or {}).decode()
     file_ids = []
     done = 0
@@ -144,7 +154,7 @@ async def copy_random_chunks(
             for i in range(n):
                 text = " ".join(rng.choice(words) for _ in range(12)) + f" row{done + i}"
                 await copy.write_row(
-                    (tenant_id, store_id, file_id, i, text, 13, 0, len(text), attrs, as_pgvector(random_unit(rng)))
+                    (tenant_id, store_id, file_id, i, text, 13, 0, len(text), attrs, vectors[done + i])
                 )
         done += n
     return file_ids
