@@ -118,6 +118,7 @@ class Ingestion:
     chunks: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # filename -> last_error
     overlap_tokens: int = 0
+    max_chunk_tokens: int = 0
     metered_requests: int = 0  # embedding requests and tokens metered to the tenant during ingestion
     metered_tokens: int = 0
 
@@ -323,6 +324,7 @@ def ingest(client: openai.OpenAI, files: Sequence[Path], opts: Options) -> tuple
         strategy = item.chunking_strategy
         if strategy is not None and strategy.type == "static":
             result.overlap_tokens = strategy.static.chunk_overlap_tokens
+            result.max_chunk_tokens = strategy.static.max_chunk_size_tokens
     return result, names
 
 
@@ -334,9 +336,10 @@ def chunk_pieces(client: openai.OpenAI, store_id: str, file_ids: Sequence[str]) 
     ]
 
 
-def with_overlap(pieces: Sequence[str], overlap_tokens: int, tokenizer: Path | None) -> list[str]:
-    """Chunk texts rebuilt from their pieces: each piece preceded by the previous piece's last
-    ``overlap_tokens`` tokens (the tokenizer's own spans), as ingestion chunked them up to the seams."""
+def with_overlap(pieces: Sequence[str], overlap_tokens: int, max_tokens: int, tokenizer: Path | None) -> list[str]:
+    """Chunk texts rebuilt from their pieces: each piece preceded by the tail of the pieces before it, at most
+    ``overlap_tokens`` tokens and no more than keeps the chunk within ``max_tokens`` (the tokenizer's own spans),
+    as ingestion chunked them up to the seams."""
     if overlap_tokens <= 0 or tokenizer is None:
         return list(pieces)
     import tokenizers
@@ -344,15 +347,22 @@ def with_overlap(pieces: Sequence[str], overlap_tokens: int, tokenizer: Path | N
     tok = tokenizers.Tokenizer.from_file(str(tokenizer))
     tok.no_truncation()
     tok.no_padding()
+    counts = [len(e.ids) for e in tok.encode_batch(list(pieces), add_special_tokens=False)]
     texts: list[str] = []
     for i, piece in enumerate(pieces):
-        if i == 0:
+        room = min(overlap_tokens, max_tokens - counts[i])
+        if i == 0 or room <= 0:
             texts.append(piece)
             continue
         previous = "".join(pieces[max(0, i - 4) : i])  # a piece may be shorter than the overlap
         offsets = tok.encode(previous, add_special_tokens=False).offsets
-        start = offsets[-overlap_tokens][0] if len(offsets) >= overlap_tokens else 0
-        texts.append(previous[start:] + piece)
+        text = piece
+        while room > 0:  # tokens may merge differently across the seam: shrink until it fits
+            text = previous[offsets[-room][0] if len(offsets) >= room else 0 :] + piece
+            if len(tok.encode(text, add_special_tokens=False).ids) <= max_tokens:
+                break
+            room, text = room - 1, piece
+        texts.append(text)
     return texts
 
 
@@ -541,7 +551,7 @@ def run(opts: Options, tmp: Path, children: Children, engines: contextlib.ExitSt
     rates: list[EngineRate] = []
     if embed_url:
         tokenizer = opts.tokenizer or default_tokenizer()
-        texts = [t for p in pieces for t in with_overlap(p, ing.overlap_tokens, tokenizer)]
+        texts = [t for p in pieces for t in with_overlap(p, ing.overlap_tokens, ing.max_chunk_tokens, tokenizer)]
         meta["engine_texts_rebuilt_with_overlap"] = bool(ing.overlap_tokens and tokenizer)
         model = engine_model(embed_url)
         for concurrency in sorted({1, opts.engine_concurrency}):
