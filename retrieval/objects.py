@@ -105,6 +105,12 @@ def chunking_from_row(value: Any) -> StaticChunkingStrategy:
 # --- Metadata and attributes ------------------------------------------------------------------------------------
 
 
+def _no_nul(value: str, param: str, error: type[InvalidRequest]) -> None:
+    """Postgres text and jsonb cannot hold NUL characters."""
+    if "\x00" in value:
+        raise error(f"{param} must not contain NUL characters.", param=param)
+
+
 def check_metadata(metadata: dict[str, str] | None, param: str = "metadata") -> dict[str, str]:
     """OpenAI's metadata: at most 16 pairs, keys at most 64 characters, string values at most 512."""
     if metadata is None:
@@ -118,6 +124,7 @@ def check_metadata(metadata: dict[str, str] | None, param: str = "metadata") -> 
             raise InvalidMetadata(
                 f"{param}['{key}'] is longer than {MAX_VALUE_CHARS} characters.", param=param
             )
+        _no_nul(key + value, param, InvalidMetadata)
     return metadata
 
 
@@ -137,12 +144,15 @@ def check_attributes(attributes: Attributes | None, param: str = "attributes") -
             )
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
             raise InvalidAttributes(f"{param}['{key}'] is too large a number.", param=param)
+        _no_nul(key + value if isinstance(value, str) else key, param, InvalidAttributes)
     return attributes
 
 
 def check_text(value: str | None, param: str, max_chars: int) -> str | None:
     if value is not None and len(value) > max_chars:
         raise InvalidValue(f"{param} is longer than {max_chars} characters.", param=param)
+    if value is not None:
+        _no_nul(value, param, InvalidValue)
     return value
 
 

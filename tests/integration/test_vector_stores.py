@@ -179,6 +179,8 @@ def _static(size: int, overlap: int) -> dict[str, object]:
         ({"metadata": {"k" * 65: "v"}}, "metadata"),
         ({"metadata": {"k": "v" * 513}}, "metadata"),
         ({"metadata": {"k": 1}}, "metadata[...]"),
+        ({"name": "a\x00b"}, "name"),  # Postgres text holds no NUL
+        ({"metadata": {"k\x00": "v"}}, "metadata"),
         ({"expires_after": {"anchor": "last_active_at", "days": 0}}, "expires_after.days"),
         ({"expires_after": {"anchor": "created_at", "days": 1}}, "expires_after.anchor"),
         ({"chunking_strategy": _static(99, 0)},
