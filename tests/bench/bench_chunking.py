@@ -132,8 +132,9 @@ async def _stalls(doc: Any) -> None:
         await asyncio.sleep(1.0)
         return 0
 
+    tokenizer = _tokenizer()  # cold, as a first document is; loaded before the loop is watched
+
     async def thread() -> int:
-        tokenizer = _tokenizer()  # cold, as a first document is
         return len(
             await asyncio.to_thread(chunk_document, doc, tokenizer, max_tokens=MAX_TOKENS, overlap_tokens=OVERLAP)
         )
