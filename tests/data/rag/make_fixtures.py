@@ -18,7 +18,8 @@ Bad files (each must end ``failed`` with a ``last_error``):
 - encrypted.pdf: the kettle spec encrypted with a user password (AES-256).
 - truncated.pdf: the kettle spec cut off inside its first content stream (no page, no cross-reference table).
 - scanned.pdf: a valid PDF with drawings and no text layer.
-- empty.txt: zero bytes.
+- blank.txt: whitespace only (a file with bytes but no text).
+- empty.txt: zero bytes (the Files API refuses it at upload, 400, before it can be attached).
 - picture.txt: a PNG image under a text file's name (the type comes from the content).
 """
 
@@ -163,6 +164,7 @@ def main() -> None:
         "encrypted.pdf": encrypt(kettle),
         "truncated.pdf": kettle[: kettle.index(b"stream") + 60],  # cut inside the first page's content stream
         "scanned.pdf": scanned_pdf(),
+        "blank.txt": b" \n\n\t  \n   \n",
         "empty.txt": b"",
         "picture.txt": png(),
     }
