@@ -35,6 +35,7 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.routes import admin, files, health, inference, keys, models, search, usage, vector_stores
 from gateway.services.catalog import ModelCatalog
 from gateway.services.container import Services
+from gateway.services.grounding import GroundingStep
 from gateway.services.inference import InferenceService
 from gateway.services.metering import MeterUsage
 from gateway.services.pipeline import Pipeline
@@ -130,7 +131,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             )
         )
         # The request pipeline: the retrieval, adapter, policy and tracing parts plug in here.
-        pipeline = Pipeline(observers=(MeterUsage(meter),))
+        grounding = GroundingStep(db, lambda: embedder, client)  # grounded chat: a request's `retrieval`
+        pipeline = Pipeline(steps=(grounding.step(),), observers=(MeterUsage(meter),))
         inference = InferenceService(
             client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
         )

@@ -195,3 +195,13 @@ async def test_without_retrieval_the_body_goes_as_it_came(
     assert answer.status_code == 200 and "sources" not in answer.json()
     assert gateway.chat.last_body == raw
     assert grounded.calls == [] and gateway.chat.path_counts["/tokenize"] == 0
+
+
+async def test_the_app_wires_the_step_with_its_embedder(gateway: Gateway, tenant: TenantKeys) -> None:
+    """No test double: the gateway's own pipeline, embedder (the fake embedding engine) and /tokenize."""
+    store, ids = await _seed(gateway, tenant)  # the fake engine's vectors are the same hashed bag of words
+    async with gateway.http(tenant.user_key) as http:
+        answer = await http.post("/v1/chat/completions", json=_chat(store, "when do backups run at night"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sources"][0]["file_id"] == ids["backup.md"]
+    assert gateway.embed.path_counts["/v1/embeddings"] >= 1 and gateway.chat.path_counts["/tokenize"] >= 1
