@@ -11,15 +11,19 @@ One search (:func:`search`):
    the arms' lists are fused; the best ``max_num_results`` above the threshold are read whole, with their
    file names.
 
-The vector arm orders by cosine distance with pgvector 0.8's iterative index scan
-(``hnsw.iterative_scan = relaxed_order``): when the filter or the scope removes most rows the index
-returns, the scan goes on until it has enough (up to ``hnsw.max_scan_tuples``). For a small store the
-planner takes the ``(tenant_id, vector_store_id)`` index and sorts exactly instead.
+The vector arm orders by cosine distance. A scope (the stores asked for) the planner estimates at fewer
+than ``exact_below`` chunks, or at less than ``index_min_share`` of the table, is searched exactly (the
+``(tenant_id, vector_store_id)`` index, then a sort): a small store inside a big table gets its true k
+best. A bigger scope walks the HNSW index with pgvector 0.8's iterative scan
+(``hnsw.iterative_scan = relaxed_order``: when the filter removes most rows the index returns, the scan
+goes on until it has enough, up to ``hnsw.max_scan_tuples``), forced, because the planner prices an
+attribute filter at 1% of rows and would otherwise sort the whole scope.
 
 The text arm matches any of the query's words (an OR of its lexemes under the ``english`` configuration,
 the one the ``chunks.tsv`` column is built with), ranked by ``ts_rank_cd`` (cover density, divided by
-1 + log of the chunk's length, mapped into 0..1). Words that hold digits or punctuation (error codes,
-version numbers, file names) are not stemmed by that configuration, so identifiers match exactly.
+1 + log of the chunk's length, mapped into 0..1); candidates must hold one of the query's rarer words (see
+``_TEXT``). Words that hold digits or punctuation (error codes, version numbers, file names) are not
+stemmed by that configuration, so identifiers match exactly.
 
 Scores are in 0..1. Vector: the cosine similarity (negative ones as 0). Text: the rank above. Hybrid,
 ``weighted`` fusion (the default): each arm's scores divided by the arm's best (its theoretical least
@@ -94,6 +98,8 @@ class SearchOptions:
     rrf_k: int = 60
     candidates: int = 40  # each arm's list: at least this many, and twice max_num_results
     ef_search: int = 100  # hnsw.ef_search: candidates the index keeps while it walks
+    exact_below: int = 2_000  # a scope of fewer chunks (estimated) is searched exactly, not by the index
+    index_min_share: float = 0.01  # ... and so is a scope of less than this share of all chunks
 
 
 DEFAULT_OPTIONS = SearchOptions()
@@ -180,7 +186,16 @@ def _not_found(store_id: str, param: str) -> VectorStoreNotFound:
 
 # -- the arms ----------------------------------------------------------------------------------------------
 
-_SCAN = "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %s, true)"
+# The index path: pgvector's iterative scan, and no plan that sorts (so the planner cannot fall back to a
+# sequential scan and sort on its misestimate of an attribute filter, which it prices at 1% of rows).
+_INDEX_PATH = (
+    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %s, true),"
+    " set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)"
+)
+_RESET_PATH = "SELECT set_config('enable_sort', 'on', true), set_config('enable_seqscan', 'on', true)"
+
+_SCOPE_ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM chunks WHERE tenant_id = %s AND vector_store_id = ANY(%s)"
+_TABLE_ESTIMATE = "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'chunks'::regclass"
 
 _VECTOR = """
 SELECT id, 1 - (embedding <=> %s::vector) AS similarity FROM chunks
@@ -188,19 +203,29 @@ WHERE tenant_id = %s AND vector_store_id = ANY(%s){filter}
 ORDER BY embedding <=> %s::vector LIMIT %s
 """
 
-# The OR of the query's lexemes, each quoted as a tsquery operand (a quote doubled, a backslash escaped):
-# lexemes are already normalised, so the 'simple' configuration takes them as they are.
-_TEXT = """
-WITH q AS (
-    SELECT to_tsquery('simple', string_agg(
-        '''' || replace(replace(lexeme, E'\\\\', E'\\\\\\\\'), '''', '''''') || '''', ' | ')) AS query
-    FROM unnest(to_tsvector('english', %s))
+# The text arm, in three short statements so that each tsquery reaches the planner as a value (the unnamed
+# statement is planned with its parameters): the query's lexemes (english configuration: stemmed, stop
+# words gone); how many chunks of the stores hold each one (counted up to COMMON_LEXEME, no further); then
+# the candidates, which must hold one of the rare lexemes (unless all are common: a common word alone would
+# make most chunks candidates, and ranking is what costs), ranked by every lexeme of the query. Lexemes are
+# already normalised, so the 'simple' configuration takes them as they are, quoted as tsquery operands.
+_LEXEMES = "SELECT lexeme FROM unnest(to_tsvector('english', %s))"
+_LEXEME_COUNT = (
+    "(SELECT count(*) FROM (SELECT 1 FROM chunks WHERE tsv @@ to_tsquery('simple', %s)"
+    " AND tenant_id = %s AND vector_store_id = ANY(%s) LIMIT %s) AS hits)"
 )
-SELECT c.id, ts_rank_cd(c.tsv, q.query, 1 | 32) AS rank FROM chunks c, q
-WHERE q.query IS NOT NULL AND c.tsv @@ q.query
-  AND c.tenant_id = %s AND c.vector_store_id = ANY(%s){filter}
-ORDER BY rank DESC, c.id LIMIT %s
+_TEXT = """
+SELECT id, ts_rank_cd(tsv, to_tsquery('simple', %s), 1 | 32) AS rank FROM chunks
+WHERE tsv @@ to_tsquery('simple', %s) AND tenant_id = %s AND vector_store_id = ANY(%s){filter}
+ORDER BY rank DESC, id LIMIT %s
 """
+COMMON_LEXEME = 500  # a lexeme in this many chunks of the stores searched or more does not make candidates
+
+
+def _operand(lexeme: str) -> str:
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 
 _DETAILS = """
 SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.text, c.attributes
@@ -209,6 +234,25 @@ WHERE c.tenant_id = %s AND c.id = ANY(%s)
 """
 
 _Ranked = list[tuple[int, float]]  # (chunk id, score), best first
+
+
+async def _use_index(
+    conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], options: SearchOptions
+) -> bool:
+    """Whether the vector arm walks the HNSW index rather than scanning the stores' chunks exactly.
+
+    Exact is right for a scope of a few thousand chunks (the planner's estimate, from the statistics of
+    ``tenant_id`` and ``vector_store_id``), and for any scope so small a share of the table that the index
+    would walk past ``hnsw.max_scan_tuples`` before it met enough of its chunks. Else the index, forced
+    (see ``_INDEX_PATH``)."""
+    cur = await conn.execute(_SCOPE_ESTIMATE, (tenant_id, store_ids))
+    row = await cur.fetchone()
+    scope = float(row[0][0]["Plan"]["Plan Rows"]) if row else 0.0
+    if scope <= options.exact_below:
+        return False
+    cur = await conn.execute(_TABLE_ESTIMATE)
+    total = await cur.fetchone()
+    return not total or scope >= options.index_min_share * float(total[0])
 
 
 async def _vector_arm(
@@ -228,10 +272,21 @@ async def _text_arm(
     conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], text: str,
     where: tuple[sql.Composable, list[Any]], limit: int,
 ) -> _Ranked:
+    cur = await conn.execute(_LEXEMES, (text,))
+    operands = [_operand(row[0]) for row in await cur.fetchall()][:64]
+    if not operands:
+        return []
+    counts = sql.SQL("SELECT {}").format(sql.SQL(", ").join([sql.SQL(_LEXEME_COUNT)] * len(operands)))
+    cur = await conn.execute(counts, [v for op in operands for v in (op, tenant_id, store_ids, COMMON_LEXEME)])
+    row = await cur.fetchone()
+    df = list(row) if row is not None else [0] * len(operands)
+    rare = [op for op, n in zip(operands, df, strict=True) if n < COMMON_LEXEME] or operands
     condition, params = where
     query = sql.SQL(_TEXT).format(filter=condition)
-    cur = await conn.execute(query, (text, tenant_id, store_ids, *params, limit))
-    return [(int(row[0]), float(row[1])) for row in await cur.fetchall()]
+    cur = await conn.execute(
+        query, (" | ".join(operands), " | ".join(rare), tenant_id, store_ids, *params, limit)
+    )
+    return [(int(r[0]), float(r[1])) for r in await cur.fetchall()]
 
 
 def _where(filters: Filter | None) -> tuple[sql.Composable, list[Any]]:
@@ -316,9 +371,13 @@ async def search_chunks(
     text_lists: list[_Ranked] = []
     async with tenant_transaction(pool, tenant_id) as conn:
         if mode != "text":
-            await conn.execute(_SCAN, (str(options.ef_search),))
+            index = await _use_index(conn, tenant_id, stores, options)
+            if index:
+                await conn.execute(_INDEX_PATH, (str(options.ef_search),))
             for vector in vectors:
                 vector_lists.append(await _vector_arm(conn, tenant_id, stores, vector, where, limit))
+            if index:
+                await conn.execute(_RESET_PATH)
         if mode != "vector":
             for text in queries:
                 text_lists.append(await _text_arm(conn, tenant_id, stores, text, where, limit))

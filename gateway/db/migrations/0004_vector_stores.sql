@@ -88,6 +88,12 @@ CREATE TABLE chunks (
 CREATE INDEX chunks_embedding_idx ON chunks USING hnsw (embedding vector_cosine_ops);
 CREATE INDEX chunks_tsv_idx ON chunks USING gin (tsv);
 CREATE INDEX chunks_tenant_store_idx ON chunks (tenant_id, vector_store_id);
+-- A chunk stays in its row (up to 8 KB: the vector, 1.5 KB, never compressed or moved out; text and tsv
+-- compressed first): an exact scan of a small store and the ranking of full-text candidates read no TOAST
+-- table (measured on 10k chunks: an exact scan of 5,000 read 31,400 buffers with the vectors moved out,
+-- 2,544 with them in the row, 4x faster).
+ALTER TABLE chunks ALTER COLUMN embedding SET STORAGE PLAIN;
+ALTER TABLE chunks SET (toast_tuple_target = 8160);
 
 -- The second wall, on every tenant table of the retrieval package (files and file_parts too).
 DO $$
