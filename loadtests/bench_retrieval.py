@@ -6,6 +6,7 @@
         [--embed-url http://127.0.0.1:8101]                               # a gateway already running
     python -m loadtests.bench_retrieval --fake        # the fake vLLM: checks the plumbing, its figures mean nothing
     python -m loadtests.bench_retrieval --json retrieval.json             # also JSON
+    python -m loadtests.bench_retrieval --pages 12 --engine-sample 96     # a slow (AVX2-only) host: a subset
 
 It drives the gateway with the official ``openai`` SDK, as a user would, and imports nothing of the gateway.
 Without ``--base-url`` it starts the real embedding engine (all-MiniLM-L6-v2 on vLLM, through ``enginehost``,
@@ -93,6 +94,8 @@ class Options:
     ingestion_concurrency: int | None
     poll_ms: int
     limit: int | None
+    pages: int | None
+    engine_sample: int | None
     tokenizer: Path | None
     timeout: float
     json_path: str | None
@@ -541,8 +544,10 @@ def run(opts: Options, tmp: Path, children: Children, engines: contextlib.ExitSt
         meta: dict[str, Any]) -> dict[str, Any]:
     base_url, key, embed_url = start_stack(opts, tmp, children, engines, meta)
     client = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=opts.timeout)
-    questions = load_questions()[: opts.limit]
-    files = pages()
+    files = pages()[: opts.pages]
+    kept = {path.name for path in files}
+    questions = [q for q in load_questions() if q.file in kept][: opts.limit]
+    meta["pages"], meta["questions"] = len(files), len(questions)
     say(f"ingesting {len(files)} pages ...")
     ing, names = ingest(client, files, opts)
     pieces = chunk_pieces(client, ing.store_id, list(names))
@@ -552,6 +557,7 @@ def run(opts: Options, tmp: Path, children: Children, engines: contextlib.ExitSt
     if embed_url:
         tokenizer = opts.tokenizer or default_tokenizer()
         texts = [t for p in pieces for t in with_overlap(p, ing.overlap_tokens, ing.max_chunk_tokens, tokenizer)]
+        texts = texts[: opts.engine_sample]
         meta["engine_texts_rebuilt_with_overlap"] = bool(ing.overlap_tokens and tokenizer)
         model = engine_model(embed_url)
         for concurrency in sorted({1, opts.engine_concurrency}):
@@ -579,6 +585,10 @@ def parse_options(argv: Sequence[str] | None) -> Options:
                    help="the gateway's ingestion jobs at once (files embedded in parallel; default: its setting)")
     p.add_argument("--poll-ms", type=int, default=200, help="file batch poll interval in ms (default 200)")
     p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--pages", type=int,
+                   help="only the first N pages (by name) and their questions: for slow hosts (default: all 46)")
+    p.add_argument("--engine-sample", type=int,
+                   help="the direct run embeds only the first N chunks (a rate per chunk; default: all of them)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json of the embedding model (default: the package's)")
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds (default 300)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON to PATH")
@@ -597,7 +607,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         base_url=a.base_url.rstrip("/") if a.base_url else None, api_key=a.api_key,
         embed_url=a.embed_url.rstrip("/") if a.embed_url else None, fake=a.fake, modes=modes,
         batch_size=a.batch_size, engine_concurrency=a.engine_concurrency,
-        ingestion_concurrency=a.ingestion_concurrency, poll_ms=a.poll_ms, limit=a.limit,
+        ingestion_concurrency=a.ingestion_concurrency, poll_ms=a.poll_ms, limit=a.limit, pages=a.pages,
+        engine_sample=a.engine_sample,
         tokenizer=a.tokenizer, timeout=a.timeout, json_path=a.json_path, keep_tmp=a.keep_tmp,
     )  # fmt: skip
 
