@@ -92,7 +92,9 @@ async def load(pool: AsyncConnectionPool, size: int) -> tuple[uuid.UUID, str]:
                     await copy.write_row((tenant, store, file_id, i - start, text, 60, 0, len(text), attrs, vectors[i]))
         await conn.execute("SET maintenance_work_mem = '1GB'")
         await conn.execute(INDEX)
-        await conn.execute("ANALYZE chunks")
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        await conn.execute("VACUUM ANALYZE chunks")  # as autovacuum would: GIN's pending list merged, statistics
     return tenant, store
 
 
