@@ -95,7 +95,7 @@ def _parse(obj: Any, param: str, depth: int, counter: list[int]) -> Filter:
     if extra:
         raise InvalidFilter(f"Unknown field '{sorted(extra)[0][:64]}' in a comparison filter.", param=param)
     key = obj.get("key")
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
         raise InvalidFilter(
             f"A comparison's 'key' is an attribute name of 1 to {MAX_KEY_CHARS} characters.", param=f"{param}.key"
         )
@@ -128,7 +128,7 @@ def _is_string_or_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, str):
-        return len(value) <= MAX_STRING_CHARS
+        return len(value) <= MAX_STRING_CHARS and "\x00" not in value  # jsonb holds no NUL
     return isinstance(value, (int, float)) and value == value and value not in (float("inf"), float("-inf"))
 
 

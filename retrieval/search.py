@@ -145,6 +145,8 @@ def check_queries(query: str | Sequence[str], param: str = "query") -> list[str]
         where = param if isinstance(query, str) else f"{param}[{i}]"
         if not text.strip():
             raise InvalidRequest(f"'{where}' must not be empty.", param=where)
+        if "\x00" in text:  # Postgres text holds no NUL
+            raise InvalidRequest(f"'{where}' must not contain NUL characters.", param=where)
         if len(text) > MAX_QUERY_CHARS:
             raise InvalidRequest(f"'{where}' is longer than {MAX_QUERY_CHARS} characters.", param=where)
     return queries

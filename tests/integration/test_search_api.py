@@ -88,6 +88,8 @@ async def test_filters_threshold_modes_and_rewrite(
         ({}, "query"),
         ({"query": 3}, "query"),
         ({"query": ""}, "query"),
+        ({"query": "nul\u0000"}, "query"),
+        ({"query": "x", "filters": {"type": "eq", "key": "k", "value": "\u0000"}}, "filters.value"),
         ({"query": "x", "max_num_results": 0}, "max_num_results"),
         ({"query": "x", "max_num_results": 51}, "max_num_results"),
         ({"query": "x", "ranking_options": {"score_threshold": 2}}, "ranking_options.score_threshold"),

@@ -44,6 +44,8 @@ def test_filters_parse_nested_and_compile_to_parameters_only() -> None:
         ({"type": "in", "key": "a", "value": []}, "filters.value"),
         ({"type": "nin", "key": "a", "value": [True]}, "filters.value[0]"),
         ({"type": "eq", "key": "a", "value": "x" * 513}, "filters.value"),
+        ({"type": "eq", "key": "a", "value": "nul\x00"}, "filters.value"),
+        ({"type": "eq", "key": "a\x00", "value": 1}, "filters.key"),
         ({"type": "eq", "key": "a", "value": 1, "extra": 2}, "filters"),
         ({"type": "xor", "filters": []}, "filters.type"),
         ({"type": "or", "filters": []}, "filters.filters"),
