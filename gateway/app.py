@@ -42,6 +42,7 @@ from gateway.services.pipeline import Pipeline
 from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings, SettingsError
 from observability.usage import UsageMeter
+from retrieval.search import SearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         shutdown = ShutdownWatch(settings.shutdown_timeout)
         stack.enter_context(shutdown.hooked_signals())
         catalog = ModelCatalog(engines)
+        search_options = SearchOptions(mode=settings.search_mode)
         # Retrieval: the embedder every embedding of ingestion and search goes through (metered to the tenant),
         # and the ingestion queue, with a worker in this process unless ingestion runs apart (tenantgate worker).
         embedder = EngineEmbedder(engines, client, meter, model=settings.embedding_model)
@@ -131,14 +133,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             )
         )
         # The request pipeline: the retrieval, adapter, policy and tracing parts plug in here.
-        grounding = GroundingStep(db, lambda: embedder, client)  # grounded chat: a request's `retrieval`
+        # Grounded chat: a chat or completion request's `retrieval` (nothing for a request without one).
+        grounding = GroundingStep(db, embedder, client, search_options=search_options)
         pipeline = Pipeline(steps=(grounding.step(),), observers=(MeterUsage(meter),))
         inference = InferenceService(
             client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
         )
         yield Services(
-            settings, db, auth, http, engines, client, catalog, meter, inference, shutdown, embedder=embedder,
-            ingestion=ingestion,
+            settings, db, auth, http, engines, client, catalog, meter, inference, shutdown, embedder, ingestion
         )
 
 
@@ -168,7 +170,7 @@ def create_litestar(settings: Settings) -> Litestar:
         route_handlers=[
             *inference.ROUTES, *models.ROUTES, *usage.ROUTES, *health.ROUTES,
             keys.TenantKeysController, files.files_controller(settings.max_file_bytes), admin.AdminController,
-            vector_stores.VectorStoresController, search.search_route(),
+            vector_stores.VectorStoresController, search.search_route(SearchOptions(mode=settings.search_mode)),
             assets_router(),
         ],
         lifespan=[lifespan],

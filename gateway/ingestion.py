@@ -101,12 +101,13 @@ class EmbeddingTokenizer:
 def build_ingestion(
     *, db_url: str, pool: AsyncConnectionPool[Any], embedder: EngineEmbedder, tokenizer_path: str | None = None,
     batch_size: int = 32, max_pages: int = 2000, max_attempts: int = 3, concurrency: int = 1,
-    retry_wait_s: float = 5.0, stale_after_s: float = 120.0,
+    retry_wait_s: float = 5.0, stale_after_s: float = 120.0, queue_name: str = QUEUE,
 ) -> IngestionApp:
     options = IngestOptions(batch_size=batch_size, max_pages=max_pages, max_attempts=max_attempts)
     return IngestionApp(
         db_url, pool, embedder, EmbeddingTokenizer(embedder, tokenizer_path), options=options,
         retry_wait_s=retry_wait_s, stale_after_s=stale_after_s, queue_pool_size=concurrency + 3,
+        queue_name=queue_name,
     )
 
 
@@ -124,8 +125,8 @@ async def run_worker(
             log.exception("ingestion sweep at worker start failed")
         try:
             await ingestion.app.run_worker_async(
-                queues=[QUEUE], concurrency=concurrency, install_signal_handlers=False, delete_jobs="successful",
-                shutdown_graceful_timeout=shutdown_timeout, name="ingestion",
+                queues=[ingestion.queue_name], concurrency=concurrency, install_signal_handlers=False,
+                delete_jobs="successful", shutdown_graceful_timeout=shutdown_timeout, name="ingestion",
             )
             log.warning("ingestion worker stopped by itself; starting it again in %g s", restart_delay)
         except Exception:

@@ -109,7 +109,7 @@ def batch_entries(req: o.CreateFileBatchRequest) -> list[Attach]:
 
 async def create_batch(
     pool: AsyncConnectionPool, tenant_id: uuid.UUID, key_id: uuid.UUID | None, store_id: str,
-    req: o.CreateFileBatchRequest, queue: IngestionQueue | None,
+    req: o.CreateFileBatchRequest, queue: IngestionQueue,
 ) -> o.FileBatchObject:
     entries = batch_entries(req)
     batch_id = new_batch_id()

@@ -71,8 +71,9 @@ class IngestionApp:
     def __init__(
         self, db_url: str, pool: AsyncConnectionPool[Any], embedder: Embedder, tokenizer: TokenizerSource, *,
         options: IngestOptions | None = None, retry_wait_s: float = 5.0, stale_after_s: float = 120.0,
-        stalled_heartbeat_s: float = 30.0, queue_pool_size: int = 4,
+        stalled_heartbeat_s: float = 30.0, queue_pool_size: int = 4, queue_name: str = QUEUE,
     ) -> None:
+        self.queue_name = queue_name  # the procrastinate queue its jobs go to and its workers take from
         self.pool = pool
         self.embedder = embedder
         self.tokenizer = tokenizer
@@ -84,10 +85,10 @@ class IngestionApp:
         retry = procrastinate.RetryStrategy(
             max_attempts=max(0, options.max_attempts - 1), wait=int(retry_wait_s), exponential_wait=2
         )
-        self.ingest_task = self.app.task(name=INGEST_TASK, queue=QUEUE, retry=retry, pass_context=True)(
+        self.ingest_task = self.app.task(name=INGEST_TASK, queue=queue_name, retry=retry, pass_context=True)(
             self._run_ingest
         )
-        sweep_task = self.app.task(name=SWEEP_TASK, queue=QUEUE)(self._run_sweep)
+        sweep_task = self.app.task(name=SWEEP_TASK, queue=queue_name)(self._run_sweep)
         self.app.periodic(cron="* * * * *", periodic_id="sweep")(sweep_task)
 
     async def open(self) -> None:
@@ -142,7 +143,7 @@ class IngestionApp:
                 await self.queue.submit(tenant, vs_id, [file_id])
                 requeued += 1
         expired = await expire_due(self.pool)
-        await manager.delete_old_jobs(nb_hours=24, queue=QUEUE, include_failed=True)
+        await manager.delete_old_jobs(nb_hours=24, queue=self.queue_name, include_failed=True)
         report = SweepReport(len(stalled), requeued, failed, expired)
         if stalled or requeued or failed or expired:
             log.info("ingestion sweep", extra={"report": report})

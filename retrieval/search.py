@@ -23,10 +23,10 @@ The text arm matches any of the query's words (an OR of its lexemes under the ``
 one the ``chunks.tsv`` column is built with), ranked by ``ts_rank_cd`` (cover density, divided by 1 + log of
 the chunk's length, mapped into 0..1). Words that hold digits or punctuation (error codes, version numbers,
 file names) are not stemmed by that configuration, so identifiers match exactly. Inside a tenant transaction
-neither the GIN index on ``tsv`` nor an index on ``attributes`` can serve a query: ``@@`` and ``@>`` are not
-leakproof, so Postgres applies them only after the row-level security policy, to the rows of the stores
-searched (found by the ``(tenant_id, vector_store_id)`` index). Text search costs in proportion to the
-stores' size.
+Postgres applies a condition before the row-level security policy only if it is leakproof; migration 0005 marks
+``@@`` (``ts_match_vq``) so, which lets the GIN index on ``tsv`` find the matching rows first (where the database
+role may not do that, text search scans the stores' rows instead: correct, slower). Attribute filters sit in
+the same WHERE and, not being leakproof, are checked after the policy, on the rows an index returns.
 
 Scores are in 0..1. Vector: the cosine similarity (negative ones as 0). Text: the rank above. Hybrid,
 ``weighted`` fusion (the default): each arm's scores divided by the arm's best (its theoretical least
@@ -47,7 +47,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from retrieval.embedding import Embedder, EmbeddingPurpose, Vector
-from retrieval.errors import EmbeddingUnavailable, InvalidRequest, VectorStoreNotFound
+from retrieval.errors import InvalidRequest, VectorStoreNotFound
 from retrieval.filters import Filter, to_sql
 from retrieval.store_files import touch_stores
 from retrieval.tenancy import tenant_transaction
@@ -388,7 +388,7 @@ async def search_chunks(
 
 
 async def search(
-    pool: AsyncConnectionPool[Any], embedder: Embedder | None, tenant_id: uuid.UUID, store_ids: Sequence[str],
+    pool: AsyncConnectionPool[Any], embedder: Embedder, tenant_id: uuid.UUID, store_ids: Sequence[str],
     query: str | Sequence[str], *, key_id: uuid.UUID | None, filters: Filter | None = None,
     max_num_results: int = 10, score_threshold: float = 0.0, rewrite: bool = False, mode: SearchMode | None = None,
     options: SearchOptions = DEFAULT_OPTIONS, purpose: EmbeddingPurpose = "search",
@@ -406,8 +406,6 @@ async def search(
     await check_stores(pool, tenant_id, store_ids, store_param)
     vectors: list[Vector] = []
     if mode != "text":
-        if embedder is None:
-            raise EmbeddingUnavailable("No embedding engine is configured; search with search_mode 'text'.")
         vectors = (await embedder.embed(queries, tenant_id=tenant_id, key_id=key_id, purpose=purpose)).vectors
     hits = await search_chunks(
         pool, tenant_id, store_ids, queries=queries, vectors=vectors, filters=filters,

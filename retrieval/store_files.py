@@ -208,10 +208,10 @@ async def attach_rows(
 
 
 async def submit(
-    queue: IngestionQueue | None, tenant_id: uuid.UUID, store_id: str, file_ids: Sequence[str]
+    queue: IngestionQueue, tenant_id: uuid.UUID, store_id: str, file_ids: Sequence[str]
 ) -> None:
     """Hand committed ``in_progress`` rows to the queue; a failure only logs (the queue's sweep finds them)."""
-    if queue is None or not file_ids:
+    if not file_ids:
         return
     try:
         await queue.submit(tenant_id, store_id, list(file_ids))
@@ -232,7 +232,7 @@ def attach_entry(
 
 async def attach_file(
     pool: AsyncConnectionPool, tenant_id: uuid.UUID, key_id: uuid.UUID | None, store_id: str,
-    req: o.CreateVectorStoreFileRequest, queue: IngestionQueue | None,
+    req: o.CreateVectorStoreFileRequest, queue: IngestionQueue,
 ) -> o.VectorStoreFileObject:
     entry = attach_entry(req.file_id, req.attributes, req.chunking_strategy, "file_id")
     async with tenant_transaction(pool, tenant_id) as conn:

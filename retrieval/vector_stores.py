@@ -86,7 +86,7 @@ async def _get(conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_id: str) 
 
 async def create_store(
     pool: AsyncConnectionPool, tenant_id: uuid.UUID, key_id: uuid.UUID | None, req: o.CreateVectorStoreRequest,
-    queue: IngestionQueue | None,
+    queue: IngestionQueue,
 ) -> o.VectorStoreObject:
     """A new store, with ``file_ids`` attached (all the tenant's, else nothing is created) and handed to the
     ingestion queue once committed."""

@@ -33,9 +33,8 @@ class Services:
     meter: UsageMeter
     inference: InferenceService
     shutdown: ShutdownWatch
-    # Retrieval (issue 10): set by the lifespan once the ingestion queue and the embedder are wired.
-    embedder: Embedder | None = None
-    ingestion: IngestionQueue | None = None
+    embedder: Embedder  # every embedding of ingestion and search, metered to the tenant
+    ingestion: IngestionQueue  # where attached files are handed to ingestion
 
     @cached_property
     def body_limits(self) -> BodyLimits:

@@ -112,7 +112,7 @@ class GroundingStep:
     ``client`` reaches the chat engine's ``/tokenize``."""
 
     def __init__(
-        self, db: AsyncConnectionPool[Any], embedder: Callable[[], Embedder | None], client: EngineCalls, *,
+        self, db: AsyncConnectionPool[Any], embedder: Embedder, client: EngineCalls, *,
         answer_room: int = DEFAULT_ANSWER_ROOM, search_options: SearchOptions | None = None,
     ) -> None:
         self._db = db
@@ -140,7 +140,7 @@ class GroundingStep:
         question = _question(call, request)
         principal = call.principal
         result = await search(
-            self._db, self._embedder(), principal.tenant_id, options.vector_store_ids, question,
+            self._db, self._embedder, principal.tenant_id, options.vector_store_ids, question,
             key_id=principal.key_id, filters=options.filters, max_num_results=options.max_num_results,
             score_threshold=options.score_threshold, mode=options.search_mode, options=self._options,
             purpose="chat", store_param="retrieval.vector_store_ids", query_param=_question_param(request),

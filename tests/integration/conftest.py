@@ -81,6 +81,9 @@ def gateway_settings(database_url: str, chat_url: str, embed_url: str, **overrid
         "body_read_timeout": 2.0,
         # The fake embedding engine's model folder does not exist: ingestion uses all-MiniLM-L6-v2's tokenizer.
         "embedding_tokenizer": _minilm_tokenizer(),
+        # No ingestion worker in test gateways (the default is one per gateway process): a test that needs one
+        # asks for it, so no gateway left running by another test takes the jobs a queue test looks at.
+        "ingestion_in_gateway": False,
     }
     values.update(overrides)
     return Settings(**values)

@@ -31,7 +31,7 @@ async def grounded(gateway: Gateway) -> AsyncIterator[WordsEmbedder]:
     services = gateway.services
     saved = services.inference
     embedder = WordsEmbedder()
-    pipeline = Pipeline(steps=(GroundingStep(services.db, lambda: embedder, services.client).step(),),
+    pipeline = Pipeline(steps=(GroundingStep(services.db, embedder, services.client).step(),),
                         observers=(MeterUsage(services.meter),))
     services.inference = InferenceService(services.client, services.catalog, pipeline, shutdown=services.shutdown)
     yield embedder

@@ -327,8 +327,9 @@ async def test_no_tokenizer_ends_failed_naming_the_setting(env: Env) -> None:
 
 @pytest.fixture
 async def ingestion(env: Env) -> AsyncIterator[IngestionApp]:
+    # A queue of its own: the session's gateway runs a worker on the default queue, which must not take these jobs.
     app = build_ingestion(db_url=env.url, pool=env.pool, embedder=env.embedder, tokenizer_path=minilm_tokenizer(),
-                          max_attempts=2, retry_wait_s=0)
+                          max_attempts=2, retry_wait_s=0, queue_name=f"test-{uuid.uuid4().hex[:12]}")
     await app.open()
     try:
         yield app
@@ -362,9 +363,12 @@ async def _usage_rows(env: Env) -> list[tuple[Any, ...]]:
         return list(await cur.fetchall())
 
 
-async def _jobs(env: Env) -> list[tuple[Any, ...]]:
+async def _jobs(env: Env, ingestion: IngestionApp) -> list[tuple[Any, ...]]:
     async with env.pool.connection() as conn:
-        cur = await conn.execute("SELECT lock, status FROM procrastinate_jobs WHERE task_name LIKE '%%ingest%%'")
+        cur = await conn.execute(
+            "SELECT lock, status FROM procrastinate_jobs WHERE task_name LIKE '%%ingest%%' AND queue_name = %s",
+            (ingestion.queue_name,),
+        )
         return list(await cur.fetchall())
 
 
@@ -385,7 +389,7 @@ async def test_a_second_submit_while_one_waits_adds_no_job(env: Env, ingestion: 
     await attach(env, vs_id, file_id)
     for _ in range(3):
         await ingestion.queue.submit(env.tenant, vs_id, [file_id])
-    assert await _jobs(env) == [(job_lock(vs_id, file_id), "todo")]
+    assert await _jobs(env, ingestion) == [(job_lock(vs_id, file_id), "todo")]
 
 
 async def test_the_sweep_requeues_a_lost_job_and_fails_a_spent_one(env: Env, ingestion: IngestionApp) -> None:
@@ -399,7 +403,7 @@ async def test_the_sweep_requeues_a_lost_job_and_fails_a_spent_one(env: Env, ing
     report = await ingestion.sweep(stale_after_s=0)  # no job exists for either: the gateway died after commit
 
     assert (report.requeued, report.failed) == (1, 1)
-    assert await _jobs(env) == [(job_lock(vs_id, lost), "todo")]
+    assert await _jobs(env, ingestion) == [(job_lock(vs_id, lost), "todo")]
     row = await env.row(vs_id, spent)
     assert row["status"] == "failed" and row["last_error"]["code"] == "server_error"
     # a second sweep finds the waiting job and leaves it alone

@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -15,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gateway.db.migrations import upgrade
 from retrieval.errors import EmbeddingFailed, EmbeddingUnavailable
-from tests.integration.conftest import Gateway, TenantKeys
+from tests.integration.conftest import Gateway, TenantKeys, free_port, gateway_settings, start_gateway, stop_gateway
 from tests.integration.test_ingestion import (
     MARKDOWN,
     Env,
@@ -131,9 +132,24 @@ async def test_a_query_embedding_is_metered_with_its_tokens(env: Env) -> None:  
     assert (model.name, model.dimensions, model.max_input_tokens) == ("fake-embed", 384, 256)
 
 
+@pytest.fixture
+async def gateway_with_worker(gateway: Gateway) -> AsyncIterator[Gateway]:
+    """A gateway as deployed by default: an ingestion worker in its process (the session's gateway has none)."""
+    settings = gateway_settings(
+        gateway.services.settings.database_url or "", gateway.chat.url, gateway.embed.url, port=free_port(),
+        ingestion_in_gateway=True,
+    )
+    app, server, task = await start_gateway(settings)
+    try:
+        yield Gateway(f"http://127.0.0.1:{settings.port}", app, gateway.chat, gateway.embed)
+    finally:
+        await stop_gateway(server, task)
+
+
 async def test_upload_and_poll_through_the_gateway_ends_completed_or_failed(
-    gateway: Gateway, tenant: TenantKeys
+    gateway_with_worker: Gateway, tenant: TenantKeys
 ) -> None:
+    gateway = gateway_with_worker
     client = gateway.openai(tenant.admin_key)
     store = await client.vector_stores.create(name="docs")
     done = await client.vector_stores.files.upload_and_poll(

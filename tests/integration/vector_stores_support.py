@@ -49,9 +49,10 @@ class RecordingQueue:
 @pytest.fixture(name="queue")
 async def fx_queue(gateway: Gateway) -> AsyncIterator[RecordingQueue]:
     recording = RecordingQueue()
+    real = gateway.services.ingestion
     gateway.services.ingestion = recording
     yield recording
-    gateway.services.ingestion = None
+    gateway.services.ingestion = real
     for task in recording.tasks:
         await task
 
