@@ -18,7 +18,6 @@ cannot hold end ``failed`` with ``server_error``; an engine that is not reachabl
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from observability.context import reset_request_id, set_request_id
-from retrieval.chunking import Chunk, chunk_document
+from retrieval.chunking import Chunk
 from retrieval.embedding import Embedder, EmbeddingModel
 from retrieval.errors import (
     DocumentRejected,
@@ -39,7 +38,7 @@ from retrieval.errors import (
     TokenizerUnavailable,
 )
 from retrieval.files import get_file, read_content
-from retrieval.parsing import parse_document
+from retrieval.preparing import DocumentPreparer
 from retrieval.tenancy import tenant_transaction
 from retrieval.tokens import Tokenizer
 
@@ -58,6 +57,7 @@ __all__ = [
 
 AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS = 800, 400  # OpenAI's `auto` strategy
 STORE_DIMENSIONS = 384  # chunks.embedding is vector(384) (migration 0004)
+_IN_THREAD = DocumentPreparer(processes=False)  # parsing and chunking when no preparer is given
 _INSERT_ROWS = 1000  # chunks per INSERT statement
 
 TokenizerSource = Callable[[EmbeddingModel], Awaitable[Tokenizer]]
@@ -110,6 +110,7 @@ def effective_strategy(requested: dict[str, Any], max_input_tokens: int, special
 async def ingest_file(
     pool: AsyncConnectionPool[Any], embedder: Embedder, tokenizer: TokenizerSource, tenant_id: uuid.UUID,
     vector_store_id: str, file_id: str, *, options: IngestOptions = IngestOptions(),
+    preparer: DocumentPreparer | None = None,
 ) -> Outcome:
     """Ingest one attached file (see the module docstring). Raises what the queue should retry:
     :class:`~retrieval.errors.EmbeddingUnavailable`, database errors."""
@@ -139,12 +140,11 @@ async def ingest_file(
         return Outcome("discarded")
     size = strategy["static"]
     try:
-        document = await asyncio.to_thread(parse_document, data, max_pages=options.max_pages)
-        del data
-        chunks = await asyncio.to_thread(
-            chunk_document, document, tok, max_tokens=size["max_chunk_size_tokens"],
+        chunks = await (preparer or _IN_THREAD).prepare(
+            data, tok, max_pages=options.max_pages, max_tokens=size["max_chunk_size_tokens"],
             overlap_tokens=size["chunk_overlap_tokens"],
         )
+        del data
     except DocumentRejected as exc:
         return await fail_file(pool, tenant_id, vector_store_id, file_id, exc.code, exc.message)
     if not chunks:

@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from retrieval.embedding import Embedder
 from retrieval.ingest import IngestOptions, TokenizerSource, give_up_if_spent, ingest_file
 from retrieval.jobs import IngestionQueue
+from retrieval.preparing import DocumentPreparer
 from retrieval.vector_stores import expire_due
 
 __all__ = ["INGEST_TASK", "SWEEP_TASK", "IngestionApp", "ProcrastinateQueue", "SweepReport", "job_lock"]
@@ -72,7 +73,10 @@ class IngestionApp:
         self, db_url: str, pool: AsyncConnectionPool[Any], embedder: Embedder, tokenizer: TokenizerSource, *,
         options: IngestOptions | None = None, retry_wait_s: float = 5.0, stale_after_s: float = 120.0,
         stalled_heartbeat_s: float = 30.0, queue_pool_size: int = 4, queue_name: str = QUEUE,
+        preparer: DocumentPreparer | None = None,
     ) -> None:
+        # Parsing and chunking: in a process of their own by default (see retrieval.preparing).
+        self.preparer = preparer if preparer is not None else DocumentPreparer()
         self.queue_name = queue_name  # the procrastinate queue its jobs go to and its workers take from
         self.pool = pool
         self.embedder = embedder
@@ -96,6 +100,7 @@ class IngestionApp:
 
     async def close(self) -> None:
         await self.app.close_async()
+        self.preparer.close()
 
     @property
     def queue(self) -> ProcrastinateQueue:
@@ -107,7 +112,8 @@ class IngestionApp:
         tenant = uuid.UUID(tenant_id)
         try:
             outcome = await ingest_file(
-                self.pool, self.embedder, self.tokenizer, tenant, vector_store_id, file_id, options=self.options
+                self.pool, self.embedder, self.tokenizer, tenant, vector_store_id, file_id, options=self.options,
+                preparer=self.preparer,
             )
         except Exception as exc:
             if await give_up_if_spent(self.pool, tenant, vector_store_id, file_id, self.options.max_attempts, exc):

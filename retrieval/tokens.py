@@ -66,6 +66,10 @@ class Tokenizer:
         """A ``tokenizer.json`` or a model folder holding one (what the ``embedding_tokenizer`` setting names)."""
         return cls.from_dir(path) if Path(path).is_dir() else cls.from_file(path)
 
+    def to_json(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text (truncation and padding off), to rebuild it elsewhere."""
+        return str(self._inner.to_str())
+
     def count(self, text: str) -> int:
         """Tokens in ``text`` as one input, special tokens excluded."""
         return len(self._inner.encode(text, add_special_tokens=False).ids)
