@@ -107,7 +107,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self.head_bytes > self.max_header_bytes:
                 if self.drained is None:
                     self.reject_head()  # the head goes on past the limit
-            elif self.head_timer is None:  # a head begun after an idle keep-alive wait, not ended in one read
+            elif self.head_timer is None and self.head_bytes:
+                # A head begun after an idle keep-alive wait, not ended in one read. Not when this read ended a
+                # whole request (on_message_complete set head_bytes to 0): while the app answers it, no head is
+                # being read, and the timer would close the connection unanswered.
                 self.head_timer = self.loop.call_later(self.header_read_timeout, self.head_timed_out)
 
     def on_headers_complete(self) -> None:

@@ -33,8 +33,9 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def server(**limits: Any) -> AsyncIterator[int]:
     port = free_port()
     keep_alive = limits.pop("keep_alive", 5)
+    app = limits.pop("app", hello)
     config = BoundedConfig(
-        hello, limits=ConnectionLimits(**limits), host="127.0.0.1", port=port, http=BoundedHttpToolsProtocol,
+        app, limits=ConnectionLimits(**limits), host="127.0.0.1", port=port, http=BoundedHttpToolsProtocol,
         lifespan="off", log_config=None, access_log=False, timeout_keep_alive=keep_alive,
     )
     srv = uvicorn.Server(config)
@@ -103,6 +104,27 @@ async def test_a_body_after_a_small_head_is_not_counted_as_head() -> None:
         async with httpx.AsyncClient() as http:
             resp = await http.post(f"http://127.0.0.1:{port}/", content=b"x" * (1024 * 1024))
         assert resp.status_code == 200
+
+
+async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers after 1 s, as an engine's long prefill does."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await asyncio.sleep(1.0)
+    await hello(scope, receive, send)
+
+
+async def test_a_request_that_takes_longer_than_the_head_timeout_to_answer_is_answered() -> None:
+    # The whole request in one read (head and body), then an answer that takes longer than the head timeout:
+    # the head timer must not start again once the request is read (it closed such connections unanswered).
+    async with server(app=slow, header_read_timeout=0.3) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        answer = await asyncio.wait_for(reader.read(1024), 5)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
 
 
 async def test_connections_that_send_nothing_or_never_end_their_head_are_closed() -> None:
