@@ -58,7 +58,8 @@ async def test_sdk_search_answers_openais_page(gateway: Gateway, tenant: TenantK
         raw = (await http.post(f"/v1/vector_stores/{store}/search", json={"query": "ERR-7731"})).json()
     assert raw["object"] == "vector_store.search_results.page"
     assert raw["search_query"] == ["ERR-7731"] and raw["has_more"] is False and raw["next_page"] is None
-    assert raw["data"][0]["file_id"] == ids["errors.md"]  # hybrid by default: the code only full text finds
+    # hybrid by default: the code only full text finds comes back (text's best always has a place)
+    assert ids["errors.md"] in [item["file_id"] for item in raw["data"]]
 
 
 async def test_filters_threshold_modes_and_rewrite(

@@ -151,3 +151,14 @@ def test_call_drops_a_field_and_keeps_the_rest() -> None:
     call.drop_field("retrieval")
     body = call.engine_body()
     assert b"retrieval" not in body and b"1e999" in body and b'"content":"hi"' in body
+
+
+def test_hybrid_results_keep_each_arms_best_chunk() -> None:
+    from retrieval.search import keep_leaders
+
+    fused = [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6), (9, 0.3)]  # 9: the text arm's best, found by nothing else
+    assert keep_leaders(fused[:3], fused, [1, 9], 3, 0.0) == [(1, 0.9), (2, 0.8), (9, 0.7)]
+    assert keep_leaders(fused[:3], fused, [1, 2], 3, 0.0) == fused[:3]  # leaders already in: unchanged
+    assert keep_leaders(fused[:2], fused, [1, 9], 3, 0.0) == [(1, 0.9), (2, 0.8), (9, 0.3)]  # room: its own score
+    assert keep_leaders(fused[:3], fused, [1, 9], 3, 0.5) == fused[:3]  # under the threshold: not forced in
+    assert keep_leaders(fused[:1], fused, [1, 9], 1, 0.0) == [(1, 0.9)]  # no place that is not a leader's
