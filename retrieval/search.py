@@ -19,14 +19,17 @@ best. A bigger scope walks the HNSW index with pgvector 0.8's iterative scan
 goes on until it has enough, up to ``hnsw.max_scan_tuples``), forced, because the planner prices an
 attribute filter at 1% of rows and would otherwise sort the whole scope.
 
-The text arm matches any of the query's words (an OR of its lexemes under the ``english`` configuration, the
-one the ``chunks.tsv`` column is built with), ranked by ``ts_rank_cd`` (cover density, divided by 1 + log of
-the chunk's length, mapped into 0..1). Words that hold digits or punctuation (error codes, version numbers,
-file names) are not stemmed by that configuration, so identifiers match exactly. Inside a tenant transaction
-Postgres applies a condition before the row-level security policy only if it is leakproof; migration 0005 marks
-``@@`` (``ts_match_vq``) so, which lets the GIN index on ``tsv`` find the matching rows first (where the database
-role may not do that, text search scans the stores' rows instead: correct, slower). Attribute filters sit in
-the same WHERE and, not being leakproof, are checked after the policy, on the rows an index returns.
+The text arm ranks by ``ts_rank_cd`` (cover density, divided by 1 + log of the chunk's length, mapped into
+0..1) over the query's lexemes (``english`` configuration, the one ``chunks.tsv`` is built with); its candidates
+are the chunks holding one of the query's rarer lexemes (held by fewer than ``COMMON_LEXEME`` chunks of the
+stores), or all of its lexemes when every one is common: a word in most chunks says little about any of them,
+and ranking most of a store is what a text search costs. Words that hold digits or punctuation (error codes,
+version numbers, file names) are not stemmed by that configuration, so identifiers match exactly. Inside a
+tenant transaction Postgres applies a condition before the row-level security policy only if it is leakproof;
+migration 0005 marks ``@@`` (``ts_match_vq``) so, which lets the GIN index on ``tsv`` find the matching rows
+first (where the database role may not do that, text search scans the stores' rows instead: correct, slower).
+Attribute filters sit in the same WHERE and, not being leakproof, are checked after the policy, on the rows an
+index returns.
 
 Scores are in 0..1. Vector: the cosine similarity (negative ones as 0). Text: the rank above. Hybrid,
 ``minmax`` fusion (the default): each arm's scores mapped onto 0..1 between its worst and best candidate, then
@@ -212,23 +215,28 @@ WHERE tenant_id = %s AND vector_store_id = ANY(%s){filter}
 ORDER BY embedding <=> %s::vector LIMIT %s
 """
 
-# The OR of the query's lexemes (english configuration: stemmed, stop words gone), each quoted as a tsquery
-# operand (a quote doubled, a backslash escaped): lexemes are already normalised, so the 'simple'
-# configuration takes them as they are. One statement: the GIN index cannot serve it anyway inside a tenant
-# transaction (`@@` is not leakproof, so Postgres tests it only after the row-level security policy, on the
-# rows the (tenant_id, vector_store_id) index gives), and so a statement per lexeme would scan the scope
-# once each.
-_TEXT = """
-WITH q AS MATERIALIZED (
-    SELECT to_tsquery('simple', string_agg(
-        '''' || replace(replace(lexeme, E'\\\\', E'\\\\\\\\'), '''', '''''') || '''', ' | ')) AS query
-    FROM unnest(to_tsvector('english', %s))
+# The text arm, in three short statements so that each tsquery reaches the planner as a value (the GIN index
+# serves `@@` inside a tenant transaction since migration 0005 made it leakproof): the query's lexemes
+# (english configuration: stemmed, stop words gone, each quoted as a 'simple' tsquery operand); how many chunks
+# of the stores hold each one, counted up to COMMON_LEXEME; then the candidates, which must hold one of the
+# rarer lexemes (a word in most chunks tells little and would make most chunks candidates: ranking them is
+# what costs), or all of the query's lexemes when every one is common, ranked by every lexeme of the query.
+_LEXEMES = "SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s)) LIMIT 64"
+_LEXEME_COUNT = (
+    "(SELECT count(*) FROM (SELECT 1 FROM chunks WHERE tsv @@ to_tsquery('simple', %s)"
+    " AND tenant_id = %s AND vector_store_id = ANY(%s) LIMIT %s) AS hits)"
 )
-SELECT c.id, ts_rank_cd(c.tsv, q.query, 1 | 32) AS rank FROM chunks c, q
-WHERE q.query IS NOT NULL AND c.tsv @@ q.query
-  AND c.tenant_id = %s AND c.vector_store_id = ANY(%s){filter}
-ORDER BY rank DESC, c.id LIMIT %s
+_TEXT = """
+SELECT id, ts_rank_cd(tsv, to_tsquery('simple', %s), 1 | 32) AS rank FROM chunks
+WHERE tsv @@ to_tsquery('simple', %s) AND tenant_id = %s AND vector_store_id = ANY(%s){filter}
+ORDER BY rank DESC, id LIMIT %s
 """
+COMMON_LEXEME = 500  # a lexeme held by this many chunks of the stores searched, or more, is common
+
+
+def _operand(lexeme: str) -> str:
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
 
 _DETAILS = """
 SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.text, c.attributes
@@ -275,10 +283,20 @@ async def _text_arm(
     conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], text: str,
     where: tuple[sql.Composable, list[Any]], limit: int,
 ) -> _Ranked:
+    cur = await conn.execute(_LEXEMES, (text,))
+    operands = [_operand(row[0]) for row in await cur.fetchall()]
+    if not operands:
+        return []
+    counts = sql.SQL("SELECT {}").format(sql.SQL(", ").join([sql.SQL(_LEXEME_COUNT)] * len(operands)))
+    cur = await conn.execute(counts, [v for op in operands for v in (op, tenant_id, store_ids, COMMON_LEXEME)])
+    row = await cur.fetchone()
+    held = list(row) if row is not None else [0] * len(operands)
+    rare = [op for op, n in zip(operands, held, strict=True) if n < COMMON_LEXEME]
+    candidates = " | ".join(rare) if rare else " & ".join(operands)
     condition, params = where
     query = sql.SQL(_TEXT).format(filter=condition)
-    cur = await conn.execute(query, (text, tenant_id, store_ids, *params, limit))
-    return [(int(row[0]), float(row[1])) for row in await cur.fetchall()]
+    cur = await conn.execute(query, (" | ".join(operands), candidates, tenant_id, store_ids, *params, limit))
+    return [(int(r[0]), float(r[1])) for r in await cur.fetchall()]
 
 
 def _where(filters: Filter | None) -> tuple[sql.Composable, list[Any]]:
