@@ -309,16 +309,22 @@ def _where(filters: Filter | None) -> tuple[sql.Composable, list[Any]]:
 # -- fusion ------------------------------------------------------------------------------------------------
 
 
+def _best_scores(lists: Sequence[_Ranked]) -> dict[int, float]:
+    """Each chunk's best score over the lists of one arm (one list per query)."""
+    best: dict[int, float] = {}
+    for ranked in lists:
+        for chunk_id, score in ranked:
+            if score > best.get(chunk_id, -1.0):
+                best[chunk_id] = score
+    return best
+
+
 def fuse_weighted(vector_lists: Sequence[_Ranked], text_lists: Sequence[_Ranked], vector_weight: float) -> _Ranked:
     """Normalised-score fusion: each arm's best score per chunk over its lists, divided by the arm's best
     score (its theoretical least is 0), then mixed ``vector_weight : 1 - vector_weight``."""
     fused: dict[int, float] = {}
     for weight, lists in ((vector_weight, vector_lists), (1.0 - vector_weight, text_lists)):
-        best: dict[int, float] = {}
-        for ranked in lists:
-            for chunk_id, score in ranked:
-                if score > best.get(chunk_id, -1.0):
-                    best[chunk_id] = score
+        best = _best_scores(lists)
         top = max(best.values(), default=0.0)
         if top <= 0.0:
             continue
@@ -334,11 +340,7 @@ def fuse_minmax(vector_lists: Sequence[_Ranked], text_lists: Sequence[_Ranked], 
     as much as the text arm's ranks, which vary far more."""
     fused: dict[int, float] = {}
     for weight, lists in ((vector_weight, vector_lists), (1.0 - vector_weight, text_lists)):
-        best: dict[int, float] = {}
-        for ranked in lists:
-            for chunk_id, score in ranked:
-                if score > best.get(chunk_id, -1.0):
-                    best[chunk_id] = score
+        best = _best_scores(lists)
         if not best:
             continue
         top, low = max(best.values()), min(best.values())
@@ -403,11 +405,7 @@ def _scores_as_they_are(lists: Sequence[_Ranked]) -> _Ranked:
 
 
 def _best_of(lists: Sequence[_Ranked]) -> _Ranked:
-    best: dict[int, float] = {}
-    for ranked in lists:
-        for chunk_id, score in ranked:
-            best[chunk_id] = max(score, best.get(chunk_id, 0.0))
-    return sorted(best.items(), key=lambda item: (-item[1], item[0]))
+    return sorted(_best_scores(lists).items(), key=lambda item: (-item[1], item[0]))
 
 
 # -- search ------------------------------------------------------------------------------------------------

