@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import msgspec
 
+from adapters import errors as adapter_errors
 from adapters.errors import AdapterError
 from gateway.auth.errors import (
     AuthError,
@@ -207,6 +208,11 @@ _DOMAIN: dict[type[BaseException], tuple[int, str]] = {
     InsufficientRoleError: (403, PERMISSION),
     AuthError: (401, AUTHENTICATION),
     UsageQueryError: (400, INVALID_REQUEST),
+    adapter_errors.AdapterNotFound: (404, INVALID_REQUEST),
+    adapter_errors.AdapterNameTaken: (409, INVALID_REQUEST),
+    adapter_errors.AdapterTooLarge: (413, INVALID_REQUEST),
+    adapter_errors.AdapterLoadFailed: (502, SERVER),
+    adapter_errors.AdapterCapacityExhausted: (503, SERVER),
     AdapterError: (400, INVALID_REQUEST),
     FileNotFound: (404, INVALID_REQUEST),
     FileTooLarge: (413, INVALID_REQUEST),

