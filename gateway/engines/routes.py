@@ -14,19 +14,37 @@ whatever path ends the exchange (answer read, stream finished or aborted, error 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.engines.models import ModelCard
 from gateway.engines.replica import Purpose, Replica
 
-__all__ = ["Lease", "Route"]
+__all__ = ["AdapterRef", "Lease", "Route"]
+
+
+class AdapterRef(Protocol):
+    """A LoRA adapter a route runs (``adapters.directory.AdapterEntry``): what placement needs to load it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def engine_name(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Route:
+    """``engine_model`` is the name the engine is sent (an adapter's opaque engine name for an adapter route);
+    ``card.id`` the public one. ``adapter``: set on adapter routes, whose lease goes through placement."""
+
     engine_model: str
     purpose: Purpose
     replicas: tuple[Replica, ...]
     card: ModelCard
+    adapter: AdapterRef | None = None
 
 
 class Lease:

@@ -40,6 +40,8 @@ class _Generation(msgspec.Struct, frozen=True, kw_only=True):
     n: int | None = None
     # tenantgate's grounded generation (issue 10): {"vector_store_ids", ...}, read by the retrieval step only.
     retrieval: msgspec.Raw | UnsetType = UNSET
+    # vLLM's prefix-cache salt: the gateway always sends the tenant's own (gateway.services.salts).
+    cache_salt: msgspec.Raw | UnsetType = UNSET
 
     @property
     def wants_usage_in_stream(self) -> bool:
@@ -59,6 +61,7 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):
     input: msgspec.Raw
     encoding_format: str | None = None
     dimensions: int | None = None
+    cache_salt: msgspec.Raw | UnsetType = UNSET  # replaced by the tenant's own (gateway.services.salts)
 
 
 # The same requests as the OpenAPI document shows them (the forms of `prompt` and `input` spelled out).

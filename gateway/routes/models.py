@@ -1,6 +1,7 @@
 """``GET /v1/models`` and ``GET /v1/models/{model}``: what this tenant may use, in OpenAI's shape.
 
-Both ask the model catalog (``gateway.services.catalog``), the same one inference requests resolve their
+A tenant's ready adapters are listed with ``parent``, their base model. Both ask the model catalog
+(``gateway.services.catalog``), the same one inference requests resolve their
 model through, so what is listed is exactly what may be called.
 """
 
@@ -10,6 +11,7 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
 
 from gateway.auth.principal import Principal
 from gateway.engines.errors import ModelNotServedError
@@ -22,6 +24,7 @@ class Model(msgspec.Struct, frozen=True):
     created: int
     owned_by: str
     object: str = "model"
+    parent: str | UnsetType = UNSET  # a tenant's adapter: its base model (as vLLM lists adapters); absent otherwise
 
 
 class ModelList(msgspec.Struct, frozen=True):
@@ -32,7 +35,10 @@ class ModelList(msgspec.Struct, frozen=True):
 def _visible_models(request: AnyRequest, principal: Principal) -> list[Model]:
     # Engine cards carry paths (root, parent) and engine details a tenant should not see: keep OpenAI's fields.
     cards = services_of(request).catalog.visible(principal)
-    return [Model(card.id, card.created, "tenantgate") for card in cards]
+    return [
+        Model(card.id, card.created, "tenantgate", parent=card.parent if card.parent and card.is_adapter else UNSET)
+        for card in cards
+    ]
 
 
 @get("/v1/models", dependencies={"principal": Provide(provide_principal)}, tags=["models"],

@@ -1,30 +1,33 @@
 """Which models a tenant may use: the one resolution of a request's model name to an engine route.
 
 ``resolve(principal, model, purpose)`` runs once per inference request, and ``visible(principal)`` answers
-``GET /v1/models``: both ask the same :class:`Grants`, so a model a tenant was not granted is neither
-listed nor callable (a 404 ``model_not_found``, exactly as for a name no engine serves: whether someone
-else's model exists is not the tenant's business).
+``GET /v1/models``: both ask the same :class:`Grants` and the same adapter directory, so a model a tenant may
+not use is neither listed nor callable (a 404 ``model_not_found``, exactly as for a name no engine serves:
+whether someone else's model exists is not the tenant's business).
 
-Today every base model is granted to every tenant, and a LoRA adapter an engine has loaded (vLLM lists it
-as a model whose ``parent`` is its base model) to nobody. The adapters work replaces the grants and
-extends :meth:`ModelCatalog.resolve`: a tenant's adapter name maps to the opaque engine-side name of that
-tenant's adapter (from an in-process registry, no database read per request), whose route is its base
-model's replicas; placement (loading it on a replica that lacks it) happens when the lease is taken.
-Resolution itself stays synchronous and free of I/O.
+Every base model is granted to every tenant; an adapter an engine has loaded is granted to nobody under its
+engine-side name. A tenant's own adapters come from the in-process adapter directory (no database read per
+request): a name no engine route has is looked up there, and becomes an adapter route: the adapter's opaque
+engine name on its base model's replicas, the card carrying the public name and ``parent``. Placement (loading
+it on a replica that lacks it) happens when the lease is taken (``gateway.engines.adapter_leases``).
+Resolution itself stays synchronous and free of I/O; adapter routes are cached per engine name and rebuilt
+when the base model's route changes.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.auth.principal import Principal
-from gateway.engines.errors import ModelNotServedError
+from gateway.engines.errors import EngineUnavailableError, ModelNotServedError
 from gateway.engines.models import ModelCard
 from gateway.engines.pool import EnginePool
 from gateway.engines.replica import Purpose
-from gateway.engines.routes import Route
+from gateway.engines.routes import AdapterRef, Route
 
-__all__ = ["BaseModelsForEveryone", "Grants", "ModelCatalog"]
+__all__ = ["AdapterDirectoryLike", "AdapterEntryLike", "BaseModelsForEveryone", "Grants", "ModelCatalog"]
 
 
 class Grants(Protocol):
@@ -33,7 +36,7 @@ class Grants(Protocol):
 
 
 class BaseModelsForEveryone:
-    """Every base model to every tenant; an adapter loaded on an engine to nobody (yet)."""
+    """Every base model to every tenant; an adapter loaded on an engine to nobody under its engine name."""
 
     __slots__ = ()
 
@@ -41,22 +44,83 @@ class BaseModelsForEveryone:
         return not route.card.is_adapter
 
 
+class AdapterEntryLike(AdapterRef, Protocol):
+    """A tenant's ready adapter (``adapters.directory.AdapterEntry``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def base_model(self) -> str: ...
+
+
+class AdapterDirectoryLike(Protocol):
+    """The tenant adapters this process knows (``adapters.directory.AdapterDirectory``)."""
+
+    def lookup(self, tenant_id: uuid.UUID, name: str) -> AdapterEntryLike | None: ...
+
+    def for_tenant(self, tenant_id: uuid.UUID) -> Sequence[AdapterEntryLike]: ...
+
+
 class ModelCatalog:
-    def __init__(self, engines: EnginePool, grants: Grants | None = None) -> None:
+    def __init__(
+        self, engines: EnginePool, grants: Grants | None = None, adapters: AdapterDirectoryLike | None = None
+    ) -> None:
         self._engines = engines
         self._grants: Grants = grants if grants is not None else BaseModelsForEveryone()
+        self._adapters = adapters
+        # engine name -> (the base route it was built on, the adapter route)
+        self._adapter_routes: dict[str, tuple[Route, Route]] = {}
 
     def resolve(self, principal: Principal, model: str, purpose: Purpose) -> Route:
         """The route for the public ``model`` this principal named; ``ModelNotServedError`` when it has none."""
-        route = self._engines.route(model, purpose)  # raises ModelNotServedError
+        try:
+            route = self._engines.route(model, purpose)
+        except ModelNotServedError:
+            if self._adapters is None or purpose != "generate":
+                raise
+            entry = self._adapters.lookup(principal.tenant_id, model)
+            if entry is None:
+                raise
+            return self._adapter_route(entry)
         if not self._grants(principal, route):
             raise ModelNotServedError(model)
         return route
 
+    def _adapter_route(self, entry: AdapterEntryLike) -> Route:
+        try:
+            base = self._engines.route(entry.base_model, "generate")
+        except ModelNotServedError:
+            raise EngineUnavailableError(
+                f"No engine is serving `{entry.base_model}`, the base model of the adapter `{entry.name}`.",
+                entry.name,
+            ) from None
+        cached = self._adapter_routes.get(entry.engine_name)
+        if cached is not None and cached[0] is base and cached[1].adapter is entry:
+            return cached[1]
+        card = ModelCard(
+            id=entry.name, created=base.card.created, owned_by="tenantgate", parent=entry.base_model,
+            max_model_len=base.card.max_model_len,
+        )
+        route = Route(entry.engine_name, "generate", base.replicas, card, adapter=entry)
+        if len(self._adapter_routes) >= 100_000:  # bounded: adapters come and go
+            self._adapter_routes.clear()
+        self._adapter_routes[entry.engine_name] = (base, route)
+        return route
+
     def visible(self, principal: Principal) -> list[ModelCard]:
-        """The cards of every model this principal may use, by id, each once."""
+        """The cards of every model this principal may use, by id, each once: base models, then the tenant's
+        adapters whose base model is served (``parent`` names it)."""
         cards: dict[str, ModelCard] = {}
         for route in self._engines.routes():
             if route.card.id not in cards and self._grants(principal, route):
                 cards[route.card.id] = route.card
+        if self._adapters is not None:
+            for entry in self._adapters.for_tenant(principal.tenant_id):
+                if entry.name in cards:
+                    continue
+                try:
+                    cards[entry.name] = self._adapter_route(entry).card
+                except EngineUnavailableError:  # its base model is not served now: not usable, not listed
+                    continue
         return sorted(cards.values(), key=lambda card: card.id)

@@ -34,7 +34,9 @@ from gateway.engines.routes import Route
 from gateway.errors import ClientDisconnectedError, ServerShuttingDownError, error_body_for
 from gateway.openai.requests import EmbeddingRequest
 from gateway.services.call import UNKNOWN_MODEL, Call, Endpoint, EndReason
+from gateway.services.model_names import PublicModelName
 from gateway.services.pipeline import Pipeline, StreamFilter
+from gateway.services.salts import CacheSalts
 from gateway.services.shutdown import ShutdownWatch
 from gateway.services.sse import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -119,12 +121,14 @@ class InferenceService:
     """Runs calls through ``pipeline`` (steps, filters, observers; usage metering is one of its observers).
 
     ``max_event_bytes``: the largest stream event taken from an engine. ``shutdown``: ends the streams
-    still running when a graceful stop is about to time out (see ``gateway.services.shutdown``).
+    still running when a graceful stop is about to time out (see ``gateway.services.shutdown``). ``salts``:
+    every engine request carries its tenant's ``cache_salt`` (see ``gateway.services.salts``); None sends none.
     """
 
     def __init__(
         self, client: EngineCalls, models: ModelResolver, pipeline: Pipeline | None = None, *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, shutdown: ShutdownWatch | None = None,
+        salts: CacheSalts | None = None,
     ) -> None:
         pipeline = pipeline if pipeline is not None else Pipeline()
         self._client = client
@@ -141,6 +145,7 @@ class InferenceService:
         self._observers = tuple(pipeline.observers)
         self._max_event_bytes = max_event_bytes
         self._shutdown = shutdown if shutdown is not None else ShutdownWatch(0.0)
+        self._salts = salts
 
     async def run(self, call: Call) -> JsonReply | StreamReply:
         """Run one call whose request and body the route has read; errors before the first byte are
@@ -171,14 +176,20 @@ class InferenceService:
         return self._answer(call, reply)
 
     def _prepare(self, call: Call, purpose: Purpose) -> None:
-        """The built-in parts before the steps: the stream usage edit and filters, model resolution."""
+        """The built-in parts before the steps: the stream usage edit and filters, the tenant's cache salt,
+        model resolution."""
         request = call.request
         if call.stream and request is not None and not isinstance(request, EmbeddingRequest):
             ask_for_running_usage(call, request.stream_options is not UNSET)
             call.stream_filters = self._stream_filters[usage_filter(call)]
         elif self._answer_filters:
             call.answer_filters = self._answer_filters
-        call.route = self._models.resolve(call.principal, call.model, purpose)
+        if self._salts is not None and request is not None:
+            salt = self._salts.json_value(call.principal.tenant_id)
+            call.set_field("cache_salt", salt, absent=request.cache_salt is UNSET)
+        route = call.route = self._models.resolve(call.principal, call.model, purpose)
+        if route.engine_model != call.model:  # an adapter: the engine knows it by its opaque engine name
+            _rename_model(call, route.engine_model)
 
     def _answer(self, call: Call, reply: EngineReply) -> JsonReply:
         call.replica = reply.replica
@@ -260,7 +271,11 @@ class InferenceService:
     def _engine_error_reply(self, call: Call, reply: EngineReply) -> JsonReply:
         call.replica = reply.replica
         if 400 <= reply.status < 500:  # the engine refused the tenant's request: its words reach the tenant
-            info = normalize_error_body(reply.status, reply.body)
+            body = reply.body
+            route = call.route
+            if route is not None and route.engine_model != call.model:
+                body = PublicModelName(route.engine_model, call.model).error(body)
+            info = normalize_error_body(reply.status, body)
             self._end(call, reply.status, info.code or info.type, end_reason_for(reply.status))
             return JsonReply(reply.status, msgspec.json.encode(info.to_openai()))
         # The engine failed: what it said is for the operator (logged, redacted), not for the tenant.
@@ -303,6 +318,16 @@ class InferenceService:
                 observer(call)
             except Exception:  # one observer's bug must not cost the others their view, nor the client its answer
                 log.exception("pipeline observer %r failed", observer)
+
+
+def _rename_model(call: Call, engine_model: str) -> None:
+    """Send the engine its own name for the model; answer with the public one."""
+    call.set_field("model", msgspec.json.encode(engine_model))
+    public = PublicModelName(engine_model, call.model)
+    if call.stream:
+        call.add_stream_filter(public)
+    else:
+        call.add_answer_filter(public)
 
 
 def end_reason_for(status: int) -> EndReason:
