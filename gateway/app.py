@@ -7,6 +7,8 @@ shutdown closes them in reverse, flushing every pending usage event.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -17,6 +19,8 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from adapters.directory import AdapterDirectory, AdapterEntry
+from adapters.storage import AdapterStore
 from gateway import __version__
 from gateway.auth import store
 from gateway.auth.keys import digest
@@ -32,7 +36,7 @@ from gateway.engines.timeouts import EngineTimeouts
 from gateway.ingestion import open_ingestion
 from gateway.litestar_errors import EXCEPTION_HANDLERS
 from gateway.middleware import RequestContextMiddleware
-from gateway.routes import admin, files, health, inference, keys, models, search, usage, vector_stores
+from gateway.routes import adapters, admin, files, health, inference, keys, models, search, usage, vector_stores
 from gateway.services.catalog import ModelCatalog
 from gateway.services.container import Services
 from gateway.services.grounding import GroundingStep
@@ -67,6 +71,16 @@ async def _admin_key_hash(settings: Settings, db: Any) -> bytes:
     if new_key is not None:
         announce_admin_key(new_key)
     return key_hash
+
+
+async def _no_retire(entry: AdapterEntry) -> None:
+    """Until placement is wired: nothing is loaded on the engines, so a deleted adapter has nothing to unload."""
+
+
+async def _stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _timeouts(settings: Settings) -> EngineTimeouts:
@@ -139,8 +153,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         inference = InferenceService(
             client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
         )
+        # Tenant adapters: the store (created on first upload) and the directory, followed from Postgres.
+        adapter_store = AdapterStore(settings.adapter_path)
+        adapter_directory = AdapterDirectory(adapter_store.folder)
+        await adapter_directory.refresh(db)
+        stack.push_async_callback(_stop_task, asyncio.get_running_loop().create_task(adapter_directory.follow(db)))
         yield Services(
-            settings, db, auth, http, engines, client, catalog, meter, inference, shutdown, embedder, ingestion
+            settings, db, auth, http, engines, client, catalog, meter, inference, shutdown, embedder, ingestion,
+            adapter_store, adapter_directory, _no_retire,
         )
 
 
@@ -170,6 +190,7 @@ def create_litestar(settings: Settings) -> Litestar:
         route_handlers=[
             *inference.ROUTES, *models.ROUTES, *usage.ROUTES, *health.ROUTES,
             keys.TenantKeysController, files.files_controller(settings.max_file_bytes), admin.AdminController,
+            adapters.adapters_controller(settings.adapter_max_bytes),
             vector_stores.VectorStoresController, search.search_route(SearchOptions(mode=settings.search_mode)),
             assets_router(),
         ],

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 from psycopg_pool import AsyncConnectionPool
 
+from adapters.directory import AdapterDirectory, AdapterEntry
+from adapters.storage import AdapterStore
 from gateway.auth.service import Authenticator
 from gateway.engines.client import EngineClient
 from gateway.engines.http1 import HttpClient
@@ -35,6 +38,9 @@ class Services:
     shutdown: ShutdownWatch
     embedder: Embedder  # every embedding of ingestion and search, metered to the tenant
     ingestion: IngestionQueue  # where attached files are handed to ingestion
+    adapter_store: AdapterStore  # the adapter files, in the folder every engine replica reads
+    adapters: AdapterDirectory  # every tenant's ready adapters, kept current from Postgres
+    adapter_retire: Callable[[AdapterEntry], Awaitable[None]]  # unloads a deleted adapter from every engine
 
     @cached_property
     def body_limits(self) -> BodyLimits:
