@@ -46,6 +46,7 @@ __all__ = [
     "clip",
     "create",
     "finish_delete",
+    "finish_stale_deletes",
     "get",
     "list_adapters",
     "mark_failed",
@@ -363,6 +364,23 @@ async def finish_delete(
         removed = await _remove_if_unused(conn, store, adapter.checksum)
         await _notify(conn, adapter.id)
     return removed
+
+
+async def finish_stale_deletes(pool: AsyncConnectionPool[Any], store: AdapterStore, older_than_s: float = 600.0) -> int:
+    """Finish the deletes a gateway began and never ended (it crashed, or the database went away meanwhile):
+    rows in ``deleting`` for longer than ``older_than_s``. Run at start-up; returns how many were finished."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT {_COLS} FROM adapters WHERE status = 'deleting'"
+            " AND updated_at < now() - make_interval(secs => %s)",
+            (older_than_s,),
+        )
+        stale = [_row(r) for r in await cur.fetchall()]
+    for row in stale:
+        await finish_delete(pool, store, row.tenant_id, row)
+    if stale:
+        log.info("finished %d adapter deletes left unfinished", len(stale))
+    return len(stale)
 
 
 async def mark_failed(

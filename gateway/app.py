@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from adapters.directory import AdapterDirectory, AdapterEntry
+from adapters.records import finish_stale_deletes
 from adapters.storage import AdapterStore
 from gateway import __version__
 from gateway.auth import store
@@ -156,6 +157,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Tenant adapters: the store (created on first upload) and the directory, followed from Postgres.
         adapter_store = AdapterStore(settings.adapter_path)
         adapter_directory = AdapterDirectory(adapter_store.folder)
+        try:
+            await finish_stale_deletes(db, adapter_store)
+        except Exception:  # never a reason not to start: the next start tries again
+            log.warning("could not finish the adapter deletes left unfinished", exc_info=True)
         await adapter_directory.refresh(db)
         stack.push_async_callback(_stop_task, asyncio.get_running_loop().create_task(adapter_directory.follow(db)))
         yield Services(

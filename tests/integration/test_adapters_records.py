@@ -81,6 +81,22 @@ async def test_rows_and_files_live_and_go_together(
         assert await (await conn.execute("SELECT count(*) FROM adapters")).fetchone() == (0,)
 
 
+async def test_deletes_left_unfinished_are_finished_later(
+    db_pool: AsyncConnectionPool, store: AdapterStore, files: AdapterFiles, tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    a, b = tenants
+    await records.create(db_pool, store, a, _new("left", n=4), files)
+    await records.create(db_pool, store, b, _new("recent", n=5), files)
+    await records.begin_delete(db_pool, a, "left")
+    await records.begin_delete(db_pool, b, "recent")
+    async with db_pool.connection() as conn:
+        await conn.execute("UPDATE adapters SET updated_at = now() - interval '1 hour' WHERE name = 'left'")
+    assert await records.finish_stale_deletes(db_pool, store) == 1
+    assert not store.folder(_checksum(4)).exists() and store.has(_checksum(5))  # a recent one may be in progress
+    async with db_pool.connection() as conn:
+        assert await (await conn.execute("SELECT name FROM adapters")).fetchall() == [("recent",)]
+
+
 async def test_a_failure_after_storing_removes_the_files_again(
     db_pool: AsyncConnectionPool, store: AdapterStore, files: AdapterFiles, tenants: tuple[uuid.UUID, uuid.UUID],
     monkeypatch: pytest.MonkeyPatch,
