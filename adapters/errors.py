@@ -58,3 +58,10 @@ class AdapterCapacityExhausted(AdapterError):  # noqa: N818
     """Every replica of the base model is full of adapters in use: none can be unloaded now (503)."""
 
     code = "adapter_capacity_exhausted"
+
+
+class AdapterEnginesUnavailable(AdapterCapacityExhausted):
+    """No healthy engine replica of the base model takes adapters right now (503, as capacity exhausted; its own
+    ``code`` tells the two apart)."""
+
+    code = "engine_unavailable"
