@@ -221,6 +221,103 @@ def cmd_keys(args: argparse.Namespace) -> None:
     print(created.key)
 
 
+def _api_key(variable: str) -> str:
+    """The tenant admin key, from an environment variable (never an argument: those show in ``ps``)."""
+    import os
+
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise CliError(f"the environment variable {variable} is not set: it must hold a tenant admin API key")
+    return key
+
+
+def _upload(args: argparse.Namespace, path: Any, base_model: str, api_key: str) -> None:
+    from adapters.upload import UploadError, upload_adapter
+
+    try:
+        answer = upload_adapter(path, gateway=args.gateway, api_key=api_key, name=args.name, base_model=base_model)
+    except UploadError as exc:
+        raise CliError(exc.message) from None
+    _print_json(answer)
+
+
+def cmd_adapters_train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from adapters.training import TrainingError, TrainingOptions, train_adapter
+
+    api_key = ""
+    if args.upload:  # checked before the training, not after it
+        missing = [flag for flag, value in (("--name", args.name), ("--served-base-model", args.served_base_model))
+                   if not value]
+        if missing:
+            raise CliError(f"--upload needs {' and '.join(missing)}")
+        api_key = _api_key(args.api_key_env)
+    options = TrainingOptions(
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
+        target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+        batch_size=args.batch_size, seed=args.seed, max_length=args.max_length, threads=args.threads,
+        dtype=args.dtype,
+    )
+    try:
+        train_adapter(args.base_model, Path(args.data), Path(args.out), options, progress_bar=not args.no_progress)
+    except TrainingError as exc:
+        raise CliError(exc.message) from None
+    if args.upload:
+        _upload(args, Path(args.out), args.served_base_model, api_key)
+
+
+def cmd_adapters_upload(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    _upload(args, Path(args.path), args.base_model, _api_key(args.api_key_env))
+
+
+def _add_adapters_parser(sub: Any) -> None:
+    adapters = sub.add_parser("adapters", help="LoRA adapters: train one from chat examples, upload one to a gateway")
+    a_sub = adapters.add_subparsers(dest="adapters_command", required=True)
+
+    def gateway_options(p: argparse.ArgumentParser, *, name_required: bool) -> None:
+        p.add_argument("--gateway", default="http://127.0.0.1:8000", help="the gateway's URL (default: %(default)s)")
+        p.add_argument("--api-key-env", default="TENANTGATE_API_KEY", metavar="VAR",
+                       help="environment variable holding a tenant admin key (default: %(default)s)")
+        p.add_argument("--name", required=name_required,
+                       help="the adapter's name in the tenant (letters, digits, - _ .; up to 64)")
+
+    train = a_sub.add_parser(
+        "train", help="fine-tune a LoRA adapter from chat examples (needs tenantgate[train])",
+        description="Fine-tune a LoRA adapter with peft from chat examples in OpenAI's fine-tuning format "
+                    '(one {"messages": [...]} per line), learning the assistant turns only.',
+    )
+    train.add_argument("--base-model", required=True, help="the base model: a folder or a Hugging Face name")
+    train.add_argument("--data", required=True, help="chats.jsonl: one {\"messages\": [...]} per line")
+    train.add_argument("--out", required=True, help="folder for adapter_config.json and adapter_model.safetensors")
+    train.add_argument("--rank", type=int, default=8, help="LoRA rank, at most the gateway's adapter_max_rank (8)")
+    train.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (16)")
+    train.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj",
+                       help="comma-separated modules of the base model (%(default)s)")
+    train.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (0)")
+    train.add_argument("--epochs", type=int, default=3, help="passes over the data (3)")
+    train.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (2e-4)")
+    train.add_argument("--batch-size", type=int, help="examples per step (default: all when at most 16, else 16)")
+    train.add_argument("--seed", type=int, default=0, help="seed for the LoRA init and the shuffling (0)")
+    train.add_argument("--max-length", type=int, default=1024, help="longest example in tokens (1024)")
+    train.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    train.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                       help="auto: bfloat16 on a GPU that has it, else float32")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (the per-epoch lines stay)")
+    train.add_argument("--upload", action="store_true", help="then upload the adapter to --gateway")
+    train.add_argument("--served-base-model", help="with --upload: the base model's id as the gateway serves it")
+    gateway_options(train, name_required=False)
+    train.set_defaults(func=cmd_adapters_train)
+
+    upload = a_sub.add_parser("upload", help="upload an adapter folder (or .tar.gz/.zip) to a gateway")
+    upload.add_argument("path", help="a folder with adapter_config.json and adapter_model.safetensors, or an archive")
+    upload.add_argument("--base-model", required=True, help="the base model's id as the gateway serves it")
+    gateway_options(upload, name_required=True)
+    upload.set_defaults(func=cmd_adapters_upload)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenantgate", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tenantgate {__version__}")
@@ -272,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["admin", "user"], default="user")
     create.add_argument("--name", help="a label for the key")
     create.set_defaults(func=cmd_keys)
+
+    _add_adapters_parser(sub)
     return parser
 
 
