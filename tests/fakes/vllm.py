@@ -16,9 +16,20 @@ and `await fake.start()` comes back on the same port. What the fake received is 
 and `embedding_inputs`. Embeddings are a hashed bag of words (see `FakeVLLM.embedding`); an embedding
 fake's model cards say `max_model_len` 256, as vLLM's for all-MiniLM-L6-v2, and a longer input is a 400.
 
+Runtime LoRA (``lora=True``; off, the routes are absent and answer 404 as vLLM's do without
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` answers 200
+``Success: LoRA adapter '<name>' added successfully.`` after ``lora_load_delay`` seconds, 400 ``InvalidUserInput``
+when the name is loaded already, 404 ``NotFoundError`` "No adapter found for <path>" when the path is not a folder
+with an ``adapter_config.json``; ``POST /v1/unload_lora_adapter`` ``{"lora_name"}`` answers 200, or 404 when it is
+not loaded. Loaded adapters are listed in ``GET /v1/models`` (``root`` their path, ``parent`` the first model) and
+served: the generated text starts with ``[lora:<name>] ``. Like vLLM, the fake registers more adapters than
+``lora_slots``; it counts ``lora_loads``, ``lora_unloads``, ``lora_evictions`` (loads made while all slots were
+taken: vLLM would drop another adapter from its cache) and ``lora_peak``, and ``lora_requests`` per adapter.
+A stopped fake forgets its adapters, as a restarted engine does.
+
 As a process, for benchmarks::
 
-    python -m tests.fakes.vllm --port 9001 [--purpose generate|embed] [--model NAME ...]
+    python -m tests.fakes.vllm --port 9001 [--purpose generate|embed] [--model NAME ...] [--lora ...]
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -82,6 +94,7 @@ class Faults:
     error_code: int = 500  # the numeric `code` of that in-stream error
     stream_body: bytes | None = None  # stream: send these bytes as the whole SSE body instead of the events
     health_status: int = 200  # status of GET /health
+    lora_status: int | None = None  # answer load/unload of LoRA adapters with this status (vLLM's error body)
 
 
 class FakeVLLM:
@@ -95,9 +108,16 @@ class FakeVLLM:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        lora: bool = False,
+        lora_load_delay: float = 0.0,
+        lora_slots: int | None = None,
     ) -> None:
         self.embedding_dim = embedding_dim
         self.purpose = purpose
+        self.lora = lora
+        self.lora_load_delay = lora_load_delay
+        self.lora_slots = lora_slots
+        self.loras: dict[str, str] = {}  # loaded adapter name -> its path, in load order
         self.faults = Faults()
         self._host = host
         self._port = port
@@ -139,6 +159,9 @@ class FakeVLLM:
         if self.purpose == "generate":
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_post("/v1/completions", self._completions)
+            if self.lora:
+                app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+                app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         else:
             app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -163,6 +186,9 @@ class FakeVLLM:
             await runner.cleanup()
         finally:
             self._stopping = False
+            if self.loras:  # a restarted engine has no runtime adapters
+                self.loras.clear()
+                self._render_models()
 
     async def __aenter__(self) -> FakeVLLM:
         await self.start()
@@ -189,6 +215,11 @@ class FakeVLLM:
         self.cancelled = 0  # inference requests whose client went away before the answer was complete
         self.embedding_requests = 0  # POST /v1/embeddings answered with vectors
         self.embedding_inputs = 0  # texts embedded in those answers
+        self.lora_loads = 0  # adapters loaded (200 answers)
+        self.lora_unloads = 0  # adapters unloaded (200 answers)
+        self.lora_evictions = 0  # loads made while every slot was taken (see the module docstring)
+        self.lora_peak = len(self.loras)  # the most adapters loaded at once
+        self.lora_requests: Counter[str] = Counter()  # inference requests per adapter
         self._cancel_event.clear()
 
     async def wait_cancelled(self) -> None:
@@ -199,7 +230,12 @@ class FakeVLLM:
         """Change the served model ids (e.g. to mimic a LoRA adapter being loaded)."""
         self.models = tuple(models)
         self.max_model_len = EMBED_MAX_MODEL_LEN if self.purpose == "embed" else MAX_MODEL_LEN
+        self._render_models()
+
+    def _render_models(self) -> None:
         cards = [_model_card(m, self._created, self.max_model_len) for m in self.models]
+        parent = self.models[0] if self.models else None
+        cards += [_lora_card(name, path, parent, self._created) for name, path in self.loras.items()]
         self._models_body = _encode({"object": "list", "data": cards})
 
     def embedding(self, text: str) -> list[float]:
@@ -276,6 +312,51 @@ class FakeVLLM:
         out = {"count": len(tokens), "max_model_len": MAX_MODEL_LEN, "tokens": tokens}
         return web.Response(body=_encode(out), content_type="application/json")
 
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        """vLLM's ``POST /v1/load_lora_adapter`` (``OpenAIServingModels.load_lora_adapter``)."""
+        self.path_counts[request.path] += 1
+        doc = _decode(await request.read())
+        if isinstance(doc, web.Response):
+            return doc
+        if self.faults.lora_status is not None:
+            return _error(self.faults.lora_status, "LoRA fault injected", "InternalServerError")
+        name, path = doc.get("lora_name"), doc.get("lora_path")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            return _error(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
+        if self.lora_load_delay:
+            await asyncio.sleep(self.lora_load_delay)
+        if name in self.loras:
+            return _error(
+                400, f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, "
+                "set 'load_inplace' to True.", "InvalidUserInput",
+            )  # fmt: skip
+        if not _is_adapter_folder(path):
+            return _error(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError")
+        if self.lora_slots is not None and len(self.loras) >= self.lora_slots:
+            self.lora_evictions += 1
+        self.loras[name] = path
+        self.lora_loads += 1
+        self.lora_peak = max(self.lora_peak, len(self.loras))
+        self._render_models()
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        """vLLM's ``POST /v1/unload_lora_adapter``."""
+        self.path_counts[request.path] += 1
+        doc = _decode(await request.read())
+        if isinstance(doc, web.Response):
+            return doc
+        if self.faults.lora_status is not None:
+            return _error(self.faults.lora_status, "LoRA fault injected", "InternalServerError")
+        name = doc.get("lora_name")
+        if not isinstance(name, str) or not name:
+            return _error(400, "'lora_name' needs to be provided to unload a LoRA adapter.", "InvalidUserInput")
+        if self.loras.pop(name, None) is None:
+            return _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        self.lora_unloads += 1
+        self._render_models()
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
     async def _not_found(self, request: web.Request) -> web.Response:
         self.path_counts[request.path] += 1
         return web.Response(status=404, body=b'{"detail":"Not Found"}', content_type="application/json")
@@ -329,7 +410,7 @@ class FakeVLLM:
 
     def _check_model(self, doc: dict[str, Any]) -> tuple[str, web.Response | None]:
         model = doc.get("model") or self.models[0]
-        if model not in self.models:
+        if model not in self.models and model not in self.loras:
             msg = f"The model `{model}` does not exist."
             return model, _error(404, msg, "NotFoundError", "model")
         return model, None
@@ -373,6 +454,9 @@ class FakeVLLM:
         n = limit if isinstance(limit, int) and limit > 0 else _DEFAULT_MAX_TOKENS
         finish = "length" if limit else "stop"
         words = self.answer_words(prompt, n)
+        if model in self.loras:  # an adapter's answer says so (same token count)
+            self.lora_requests[model] += 1
+            words[0] = f"[lora:{model}] {words[0]}"
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": 0, "completion_tokens": n}
         usage["total_tokens"] = usage["prompt_tokens"] + n
         rid = self._next_id("chatcmpl" if chat else "cmpl")
@@ -550,6 +634,19 @@ def _model_card(model: str, created: int, max_model_len: int = MAX_MODEL_LEN) ->
     }
 
 
+def _is_adapter_folder(path: str) -> bool:
+    """What vLLM checks before loading: a folder holding ``adapter_config.json`` (one stat; fine in a fake)."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def _lora_card(name: str, path: str, parent: str | None, created: int) -> dict[str, Any]:
+    """A loaded adapter as vLLM lists it: its own model, ``root`` its folder, ``parent`` the base model."""
+    return {
+        "id": name, "object": "model", "created": created, "owned_by": "vllm", "root": path, "parent": parent,
+        "max_model_len": None, "permission": [],
+    }  # fmt: skip
+
+
 async def _serve_forever(fake: FakeVLLM) -> None:
     await fake.start()
     print(f"READY {fake.url}", flush=True)
@@ -570,9 +667,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--purpose", choices=("generate", "embed"), default="generate")
     parser.add_argument("--model", action="append", help="a served model id (repeatable)")
     parser.add_argument("--embedding-dim", type=int, default=384)
+    parser.add_argument("--lora", action="store_true", help="serve the runtime LoRA API")
+    parser.add_argument("--lora-load-delay", type=float, default=0.0)
+    parser.add_argument("--lora-slots", type=int, default=None)
     args = parser.parse_args(argv)
     models = args.model or (["fake-chat"] if args.purpose == "generate" else ["fake-embed"])
-    fake = FakeVLLM(models, args.embedding_dim, args.purpose, host=args.host, port=args.port)
+    fake = FakeVLLM(
+        models, args.embedding_dim, args.purpose, host=args.host, port=args.port, lora=args.lora,
+        lora_load_delay=args.lora_load_delay, lora_slots=args.lora_slots,
+    )  # fmt: skip
     try:
         import uvloop
     except ImportError:
