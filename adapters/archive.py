@@ -39,6 +39,7 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 _PARAM = "file"
 _CHUNK = 1 << 20
 _HEADER_ALLOWANCE = 64 << 10  # per entry: tar header blocks, GNU long names, pax records
+_UNIX = 3  # a zip entry's create_system: its external_attr's high 16 bits are a Unix st_mode
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What the standard library's readers raise on damaged input.
 _DAMAGED = (
@@ -189,6 +190,7 @@ def _extract_tar(raw: IO[bytes], compressed: bool, collector: _Collector) -> Non
     budget = _Budget(stream, _HEADER_ALLOWANCE + tarfile.RECORDSIZE)
     with tarfile.open(fileobj=budget, mode="r|") as archive:  # type: ignore[call-overload]
         for member in _tar_members(archive, budget):
+            _member_path(member.name)  # a bad name is reported as such, whatever the entry's type
             if member.issym() or member.islnk():
                 raise _invalid(f"archive entry '{clip(member.name, 80)}' is a link")
             if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
@@ -209,10 +211,11 @@ def _extract_zip(raw: IO[bytes], collector: _Collector) -> None:
             raise _invalid(f"it has more than {collector.limits.max_entries} entries")
         for info in infos:
             name = info.orig_filename
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            _member_path(name)
+            file_type = stat.S_IFMT(info.external_attr >> 16) if info.create_system == _UNIX else 0
+            if stat.S_ISLNK(file_type):
                 raise _invalid(f"archive entry '{clip(name, 80)}' is a link")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if file_type and not (stat.S_ISREG(file_type) or stat.S_ISDIR(file_type)):
                 raise _invalid(f"archive entry '{clip(name, 80)}' is a device or FIFO")
             if info.flag_bits & 0x1:
                 raise _invalid(f"archive entry '{clip(name, 80)}' is encrypted")
