@@ -39,6 +39,7 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 _PARAM = "file"
 _CHUNK = 1 << 20
 _HEADER_ALLOWANCE = 64 << 10  # per entry: tar header blocks, GNU long names, pax records
+_RATIO_FLOOR = 1 << 20  # members up to this size may expand any ratio (a padded JSON): they are harmless
 _UNIX = 3  # a zip entry's create_system: its external_attr's high 16 bits are a Unix st_mode
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What the standard library's readers raise on damaged input.
@@ -68,9 +69,9 @@ def _too_large(why: str) -> AdapterTooLarge:
     return AdapterTooLarge(f"the archive is too large: {why}", param=_PARAM)
 
 
-def _member_path(name: str) -> PurePosixPath:
+def _member_path(name: str, *, is_dir: bool = False) -> PurePosixPath:
     """The member's path, normalized (``./`` dropped), or :class:`InvalidAdapter` if it could land anywhere
-    but under the archive's root."""
+    but under the archive's root. A directory may be the root itself (``tar -C dir .`` writes ``./``)."""
     shown = clip(name.replace("\x00", "\\0"), 80)
     if "\x00" in name:
         raise _invalid(f"archive entry '{shown}' has a NUL character in its name")
@@ -81,7 +82,7 @@ def _member_path(name: str) -> PurePosixPath:
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise _invalid(f"archive entry '{shown}' leaves the archive")
-    if not parts:
+    if not parts and not is_dir:
         raise _invalid(f"archive entry '{shown}' has an empty name")
     return PurePosixPath(*parts)
 
@@ -103,12 +104,12 @@ class _Collector:
         self.entries += 1
         if self.entries > self.limits.max_entries:
             raise _invalid(f"it has more than {self.limits.max_entries} entries")
-        path = _member_path(name)
+        path = _member_path(name, is_dir=is_dir)
+        if is_dir:
+            return None  # directories are never written; only files are checked for duplicates
         if path in self.seen:
             raise _invalid(f"archive entry '{clip(path, 80)}' appears twice")
         self.seen.add(path)
-        if is_dir:
-            return None
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise _invalid(f"'{clip(path, 80)}' is a pickle file; pickle files are not accepted: upload {WEIGHTS_NAME}")
         if size > self.limits.max_bytes:
@@ -181,8 +182,8 @@ class _Budget:
 
 def _tar_members(archive: tarfile.TarFile, budget: _Budget) -> Iterator[tarfile.TarInfo]:
     while (member := archive.next()) is not None:
+        budget.allowance += member.size + tarfile.BLOCKSIZE + _HEADER_ALLOWANCE  # its data, then the next header
         yield member
-        budget.allowance += member.size + tarfile.BLOCKSIZE + _HEADER_ALLOWANCE
 
 
 def _extract_tar(raw: IO[bytes], compressed: bool, collector: _Collector) -> None:
@@ -190,7 +191,7 @@ def _extract_tar(raw: IO[bytes], compressed: bool, collector: _Collector) -> Non
     budget = _Budget(stream, _HEADER_ALLOWANCE + tarfile.RECORDSIZE)
     with tarfile.open(fileobj=budget, mode="r|") as archive:  # type: ignore[call-overload]
         for member in _tar_members(archive, budget):
-            _member_path(member.name)  # a bad name is reported as such, whatever the entry's type
+            _member_path(member.name, is_dir=member.isdir())  # a bad name is reported first, whatever the type
             if member.issym() or member.islnk():
                 raise _invalid(f"archive entry '{clip(member.name, 80)}' is a link")
             if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
@@ -211,7 +212,7 @@ def _extract_zip(raw: IO[bytes], collector: _Collector) -> None:
             raise _invalid(f"it has more than {collector.limits.max_entries} entries")
         for info in infos:
             name = info.orig_filename
-            _member_path(name)
+            _member_path(name, is_dir=info.is_dir())
             file_type = stat.S_IFMT(info.external_attr >> 16) if info.create_system == _UNIX else 0
             if stat.S_ISLNK(file_type):
                 raise _invalid(f"archive entry '{clip(name, 80)}' is a link")
@@ -223,14 +224,15 @@ def _extract_zip(raw: IO[bytes], collector: _Collector) -> None:
                 raise _invalid(f"archive entry '{clip(name, 80)}' uses a compression other than deflate")
             is_dir = info.is_dir()
             path = collector.admit(name, info.file_size, is_dir=is_dir)
-            if not is_dir and info.file_size > max(info.compress_size, 1) * collector.limits.max_ratio:
+            ratio_base = info.compress_size if info.file_size > _RATIO_FLOOR else None
+            if ratio_base is not None and info.file_size > max(ratio_base, 1) * collector.limits.max_ratio:
                 raise _invalid(
                     f"archive entry '{clip(name, 80)}' expands more than {collector.limits.max_ratio:g} times"
                 )
             if path is None:
                 continue
             with archive.open(info) as source:
-                collector.write(path, source, declared=info.file_size, ratio_base=info.compress_size)
+                collector.write(path, source, declared=info.file_size, ratio_base=ratio_base)
 
 
 def _kind(raw: IO[bytes]) -> str:

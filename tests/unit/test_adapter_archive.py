@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import struct
 import tarfile
 import zipfile
@@ -16,9 +17,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.base_model import read_base_model
 from adapters.errors import AdapterTooLarge, InvalidAdapter
 from adapters.validation import AdapterFiles, UploadLimits, unpack_archive, validate_adapter
-from tests.data.adapters.crafted import TINY_SPEC, adapter_members, tar_bytes, tree, zip_bytes
+from tests.data.adapters.crafted import (
+    SMOLLM2_CONFIG,
+    TINY_SPEC,
+    adapter_config,
+    adapter_members,
+    lora_tensors,
+    tar_bytes,
+    tree,
+    zip_bytes,
+)
 
 MEMBERS = adapter_members()
 CONFIG, WEIGHTS = MEMBERS["adapter_config.json"], MEMBERS["adapter_model.safetensors"]
@@ -49,11 +60,12 @@ def refused(
     limits: UploadLimits | None = None,
     error: type[InvalidAdapter | AdapterTooLarge] = InvalidAdapter,
 ) -> str:
+    before = tree(area[1])
     with pytest.raises(error) as caught:
         unpack(area, data, limits)
     assert caught.value.param == "file"
     assert fragment in caught.value.message, caught.value.message
-    assert tree(area[1]) == []  # the half-unpacked folder is gone too
+    assert tree(area[1]) == before  # the half-unpacked folder is gone too
     return caught.value.message
 
 
@@ -87,6 +99,26 @@ def test_accepted_formats(area: tuple[Path, Path], data: bytes) -> None:
     assert result.rank == 8
 
 
+@pytest.mark.parametrize("kind", ["tar.gz", "tar", "zip"])
+def test_real_sized_adapter(area: tuple[Path, Path], kind: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SmolLM2-135M's shapes, rank 16 on every module, 30 layers: about 20 MB, far past any header allowance.
+    (The zip stores its members: zero-filled weights would deflate past the ratio limit, real ones do not.)"""
+    base = tmp_path_factory.mktemp("base")
+    (base / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    spec = read_base_model(base, "smollm2-135m")
+    tensors = lora_tensors(rank=16, modules=list(spec.module_shapes()), layers=30, spec=spec)
+    members = adapter_members(adapter_config(r=16, target_modules="all-linear"), tensors)
+    data = (
+        zip_bytes(members, level=0)
+        if kind == "zip"
+        else tar_bytes(members, compression="gz" if kind == "tar.gz" else "")
+    )
+    files = unpack(area, data)
+    assert files.weights.read_bytes() == members["adapter_model.safetensors"]
+    result = validate_adapter(files, spec, max_rank=16, limits=UploadLimits())
+    assert result.bytes > 19_000_000
+
+
 def test_one_top_folder_readme_and_directories(area: tuple[Path, Path]) -> None:
     folder = tarfile.TarInfo("my-adapter")
     folder.type = tarfile.DIRTYPE
@@ -97,6 +129,14 @@ def test_one_top_folder_readme_and_directories(area: tuple[Path, Path]) -> None:
         ("my-adapter/adapter_model.safetensors", WEIGHTS),
         ("my-adapter/tokenizer.json", b"{}"),
     ]
+    assert_unpacked(unpack(area, tar_bytes(members)), area[1])
+
+
+def test_tar_of_a_folders_contents(area: tuple[Path, Path]) -> None:
+    """What `tar czf adapter.tgz -C out .` writes: './' first, then './adapter_config.json', ..."""
+    root = tarfile.TarInfo(".")
+    root.type = tarfile.DIRTYPE
+    members: list[tarfile.TarInfo | tuple[str, bytes]] = [root, *((f"./{n}", d) for n, d in MEMBERS.items())]
     assert_unpacked(unpack(area, tar_bytes(members)), area[1])
 
 
@@ -339,6 +379,12 @@ def test_zip_bomb(area: tuple[Path, Path]) -> None:
     data = out.getvalue()
     assert len(data) < 300_000
     refused(area, data, "archive entry 'adapter_model.safetensors' expands more than 100 times")
+
+
+def test_small_members_may_compress_well(area: tuple[Path, Path]) -> None:
+    """The ratio applies past 1 MiB: a 1 MiB run of spaces (a padded README) is no bomb."""
+    assert_unpacked(unpack(area, zip_bytes([*MEMBERS.items(), ("README.md", b" " * (1 << 20))])), area[1])
+    refused(area, zip_bytes([*MEMBERS.items(), ("README.md", b" " * ((1 << 20) + 1))]), "expands more than 100 times")
 
 
 def test_zip_lying_about_its_size(area: tuple[Path, Path]) -> None:
