@@ -107,12 +107,21 @@ def _text(form: FormMultiDict, field: str) -> str:
     return value
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
 def _file(form: FormMultiDict, field: str) -> UploadFile | None:
     value = form.get(field)
     if value is None:
         return None
     if not isinstance(value, UploadFile):
         raise InvalidAdapter(f"Send '{field}' as a file part (with a file name).", param=field)
+    if field != "file" and (value.filename or "").lower().endswith(_PICKLE_SUFFIXES):  # an archive: by content
+        raise InvalidAdapter(
+            f"'{field}' is '{clip(value.filename)}': pickle files are never accepted; send adapter_model.safetensors"
+            " (peft's save_pretrained writes it by default).",
+            param=field,
+        )
     return value
 
 

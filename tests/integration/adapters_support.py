@@ -113,11 +113,19 @@ def tar_gz(members: Mapping[str, bytes], *, symlink: tuple[str, str] | None = No
     return out.getvalue()
 
 
-def zip_bytes(members: Mapping[str, bytes]) -> bytes:
+def zip_bytes(members: Mapping[str, bytes], *, file_type: bool = True) -> bytes:
+    """A zip; ``file_type``: entries say they are regular files, as Info-ZIP's zip writes them (Python's
+    ``writestr`` with a plain name says nothing of the type)."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
-            zf.writestr(name, data)
+            if not file_type:
+                zf.writestr(name, data)
+                continue
+            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            info.external_attr = 0o100644 << 16  # a regular file, as Info-ZIP's zip writes it
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
     return out.getvalue()
 
 

@@ -81,6 +81,28 @@ async def test_rows_and_files_live_and_go_together(
         assert await (await conn.execute("SELECT count(*) FROM adapters")).fetchone() == (0,)
 
 
+async def test_a_delete_racing_an_upload_of_the_same_bytes_never_leaves_a_row_without_files(
+    db_pool: AsyncConnectionPool, store: AdapterStore, files: AdapterFiles, tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    a, b = tenants
+    for round_ in range(15):
+        old = await records.create(db_pool, store, a, _new(f"old{round_}", n=6), files)
+        doomed = await records.begin_delete(db_pool, a, old.name)
+        if round_ % 2:  # both orders of starting
+            _, new = await asyncio.gather(
+                records.finish_delete(db_pool, store, a, doomed),
+                records.create(db_pool, store, b, _new(f"new{round_}", n=6), files),
+            )
+        else:
+            new, _ = await asyncio.gather(
+                records.create(db_pool, store, b, _new(f"new{round_}", n=6), files),
+                records.finish_delete(db_pool, store, a, doomed),
+            )
+        assert store.has(_checksum(6)), round_  # the new row's files are there
+        await records.finish_delete(db_pool, store, b, await records.begin_delete(db_pool, b, new.name))
+        assert not store.folder(_checksum(6)).exists()
+
+
 async def test_deletes_left_unfinished_are_finished_later(
     db_pool: AsyncConnectionPool, store: AdapterStore, files: AdapterFiles, tenants: tuple[uuid.UUID, uuid.UUID]
 ) -> None:
