@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ CONFIG_MAX_BYTES = 1 << 20
 _CHUNK = 1 << 20
 _ATTENTION = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
 _PREFIX = "base_model.model.model.layers."
+_MODULE_PATH = re.compile(r"model\.layers\.(?P<layer>[0-9]{1,6})\.(?P<block>self_attn|mlp)\.(?P<module>\w+)")
 # Options peft may write that vLLM does not honour (or that change what the weights mean): each must be
 # absent, null, false or empty. The message says what the option is.
 _UNSUPPORTED: dict[str, str] = {
@@ -201,6 +203,27 @@ def _check_config(config: dict[str, Any], base: BaseModelSpec, max_rank: int) ->
     return rank, float(alpha), _target_modules(config.get("target_modules"), base)
 
 
+def _module_of(name: str, base: BaseModelSpec, known: dict[str, tuple[int, int]]) -> str:
+    """The module a target names: ``q_proj``, or a path peft writes for ``all-linear``
+    (``model.layers.3.self_attn.q_proj``)."""
+    shown = json.dumps(clip(name, 80))
+    path = _MODULE_PATH.fullmatch(name)
+    module = path.group("module") if path else name.rpartition(".")[2]
+    if module in ("lm_head", "embed_tokens"):
+        raise _config(f"target module {shown} is not supported (only the decoder layers' projections)")
+    if module not in known:
+        raise _config(
+            f"target module {shown} is not a linear module of {base.architecture} (any of {', '.join(known)})"
+        )
+    if path is None and module != name:
+        raise _config(f"target module {shown} is not a path in {base.architecture} (model.layers.N.<block>.<module>)")
+    if path is not None:
+        block = "self_attn" if module in _ATTENTION else "mlp"
+        if path.group("block") != block or int(path.group("layer")) >= base.num_hidden_layers:
+            raise _config(f"target module {shown} is not a path in {clip(base.model, 80)}")
+    return module
+
+
 def _target_modules(value: Any, base: BaseModelSpec) -> tuple[str, ...]:
     known = base.module_shapes()
     if isinstance(value, str):
@@ -214,15 +237,7 @@ def _target_modules(value: Any, base: BaseModelSpec) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(name, str) for name in value):
         raise _config("target_modules must be a non-empty list of module names")
-    for name in value:
-        if name in ("lm_head", "embed_tokens"):
-            raise _config(f"target module {json.dumps(name)} is not supported (only the decoder layers' projections)")
-        if name not in known:
-            raise _config(
-                f"target module {json.dumps(clip(name, 80))} is not a linear module of {base.architecture} "
-                f"(any of {', '.join(known)})"
-            )
-    wanted = set(value)
+    wanted = {_module_of(name, base, known) for name in value}
     return tuple(name for name in known if name in wanted)
 
 

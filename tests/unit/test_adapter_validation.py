@@ -125,6 +125,28 @@ def test_all_linear_expands_to_the_base_models_modules(tmp_path: Path) -> None:
     assert result.target_modules == ALL
 
 
+def test_module_paths_as_peft_writes_them_for_all_linear(tmp_path: Path) -> None:
+    """peft saves ``all-linear`` as the matched modules' paths, every layer's, in no order."""
+    paths = [f"model.layers.{i}.{'self_attn' if m in ATTENTION else 'mlp'}.{m}" for i in (1, 0) for m in ALL]
+    result = validate(files_of(tmp_path, adapter_config(target_modules=paths), lora_tensors(modules=ALL)))
+    assert result.target_modules == ALL
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("model.layers.2.self_attn.q_proj", 'target module "model.layers.2.self_attn.q_proj" is not a path in tiny'),
+        ("model.layers.0.mlp.q_proj", "is not a path in tiny-llama"),
+        ("model.layers.0.self_attn.qkv_proj", "is not a linear module of LlamaForCausalLM"),
+        ("vision.q_proj", 'target module "vision.q_proj" is not a path in LlamaForCausalLM'),
+        ("model.embed_tokens", "is not supported (only the decoder layers' projections)"),
+    ],
+)
+def test_refused_module_paths(tmp_path: Path, target: str, fragment: str) -> None:
+    config = adapter_config(target_modules=["q_proj", target])
+    refused(tmp_path, fragment, param="adapter_config", config=config)
+
+
 def test_single_module_name_as_a_string(tmp_path: Path) -> None:
     config = adapter_config(target_modules="q_proj", task_type=None, use_rslora=True, lora_alpha=0.5)
     result = validate(files_of(tmp_path, config, lora_tensors(modules=["q_proj"])))
