@@ -69,6 +69,7 @@ class TrainingOptions:
     max_length: int = 1024
     threads: int | None = None  # CPU threads; None: every core this process may use
     dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, else float32
+    gradient_checkpointing: bool = False  # less activation memory for about a third more compute
 
     def check(self) -> None:
         problems = []
@@ -283,8 +284,10 @@ def _load_tokenizer(transformers: Any, base_model: str) -> Any:
 
 
 def _load_model(transformers: Any, base_model: str, dtype: Any, device: Any) -> Any:
+    # On a GPU the weights go there directly (accelerate's device_map), not through host memory first.
+    placement = {"device_map": {"": device.index or 0}} if device.type == "cuda" else {}
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, **placement)
     except (OSError, ValueError) as exc:
         raise TrainingError(f"--base-model {_clip(base_model)}: cannot load it ({_clip(exc, 300)})") from None
     model.config.use_cache = False
@@ -304,16 +307,20 @@ def _lora_model(stack: SimpleNamespace, model: Any, options: TrainingOptions) ->
     peft = stack.peft
     config = peft.LoraConfig(
         r=options.rank,
-        lora_alpha=options.alpha,
+        lora_alpha=int(options.alpha) if float(options.alpha).is_integer() else options.alpha,  # 16, not 16.0
         lora_dropout=options.dropout,
         target_modules=list(options.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
     try:
-        return peft.get_peft_model(model, config)
-    except ValueError as exc:  # e.g. "Target modules {'x_proj'} not found in the base model"
+        wrapped = peft.get_peft_model(model, config)
+    except ValueError as exc:
         raise TrainingError(f"--target-modules: {_clip(exc, 300)}") from None
+    if options.gradient_checkpointing:  # recompute activations in the backward pass: long examples, big models
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return wrapped
 
 
 def _save(model: Any, out: Path) -> None:
@@ -326,6 +333,7 @@ def _save(model: Any, out: Path) -> None:
             if not (scratch / name).is_file():
                 raise TrainingError(f"peft wrote no {name}")
         for name in ADAPTER_FILES:
+            (scratch / name).chmod(0o644)  # safetensors writes 0600; the upload or a shared volume wants 0644
             os.replace(scratch / name, out / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -257,10 +257,11 @@ def cmd_adapters_train(args: argparse.Namespace) -> None:
         rank=args.rank, alpha=args.alpha, dropout=args.dropout, epochs=args.epochs, lr=args.lr,
         target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
         batch_size=args.batch_size, seed=args.seed, max_length=args.max_length, threads=args.threads,
-        dtype=args.dtype,
+        dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
     )
     try:
-        train_adapter(args.base_model, Path(args.data), Path(args.out), options, progress_bar=not args.no_progress)
+        train_adapter(args.base_model, Path(args.data), Path(args.out), options,
+                      log=lambda line: print(line, flush=True), progress_bar=not args.no_progress)
     except TrainingError as exc:
         raise CliError(exc.message) from None
     if args.upload:
@@ -305,6 +306,8 @@ def _add_adapters_parser(sub: Any) -> None:
     train.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     train.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                        help="auto: bfloat16 on a GPU that has it, else float32")
+    train.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass: less GPU memory for long examples")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (the per-epoch lines stay)")
     train.add_argument("--upload", action="store_true", help="then upload the adapter to --gateway")
     train.add_argument("--served-base-model", help="with --upload: the base model's id as the gateway serves it")

@@ -19,7 +19,7 @@ from gateway.db.pool import open_pool
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The real vLLM engines that tests/local, tests/e2e and later real-engine suites share (one pair per session).
-pytest_plugins = ["tests.realengines"]
+pytest_plugins = ["tests.realengines", "tests.trained_adapter"]
 
 # `.ci/run` sets this: there every test must run, so a skip (say, the real-engine suites not finding the
 # engines they were installed with) fails the run instead of passing it quietly.

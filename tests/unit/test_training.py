@@ -8,6 +8,7 @@ chat model is ``tests/trained_adapter.py``'s. Uploads are checked at the HTTP bo
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import email.policy
 import json
@@ -214,7 +215,9 @@ def test_training_lowers_the_loss_and_saves_exactly_the_adapter(tiny_model: Path
     assert sorted(p.name for p in out.iterdir()) == sorted(ADAPTER_FILES)
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # the scratch folder is gone
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    assert config["lora_alpha"] == 8 and isinstance(config["lora_alpha"], int)
+    assert all((out / name).stat().st_mode & 0o777 == 0o644 for name in ADAPTER_FILES)
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert config["bias"] == "none" and not config.get("modules_to_save")
 
@@ -236,6 +239,15 @@ def test_the_same_seed_trains_the_same_adapter(tiny_model: Path, tmp_path: Path)
     second = train_adapter(tiny_model, PIRATE, tmp_path / "b", options, log=lambda _: None, progress_bar=False)
     assert first == second
     assert (tmp_path / "a" / ADAPTER_FILES[1]).read_bytes() == (tmp_path / "b" / ADAPTER_FILES[1]).read_bytes()
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_model: Path, tmp_path: Path) -> None:
+    options = TrainingOptions(rank=2, target_modules=("q_proj", "v_proj"), epochs=2, lr=1e-2, threads=1)
+    plain = train_adapter(tiny_model, PIRATE, tmp_path / "a", options, log=lambda _: None, progress_bar=False)
+    options = dataclasses.replace(options, gradient_checkpointing=True)
+    again = train_adapter(tiny_model, PIRATE, tmp_path / "b", options, log=lambda _: None, progress_bar=False)
+    assert again == pytest.approx(plain, rel=1e-4)
+    assert plain[1] < plain[0]
 
 
 def test_a_target_module_the_base_model_lacks_is_refused(tiny_model: Path, tmp_path: Path) -> None:
@@ -429,3 +441,65 @@ def test_upload_to_an_unreachable_gateway_is_a_clear_error_without_the_key(
     assert f"cannot reach the gateway at http://127.0.0.1:{port}/v1/adapters" in captured.err
     assert "sk-very-secret" not in captured.err + captured.out
     assert os.environ["TG_TEST_KEY"] == "sk-very-secret"
+
+
+# --- the cached test adapter (tests/trained_adapter.py) --------------------------------------------------
+
+
+def _prepared_model(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / ".tenantgate-prepared.json").write_text(json.dumps({
+        "conversion_version": 1, "served_name": "m", "source_size": 7, "source_sha256": "ab" * 32,
+        "source_file": "/somewhere", "source_mtime_ns": 1, "prepared_at": "today",
+    }))
+    return folder
+
+
+def test_the_cache_key_follows_the_recipe_not_the_session_s_conversion(tmp_path: Path) -> None:
+    from tests.trained_adapter import TRAINING_ARGS, cache_key
+
+    model = _prepared_model(tmp_path / "model")
+    key = cache_key(b"data", TRAINING_ARGS, model)
+    assert key == cache_key(b"data", TRAINING_ARGS, model)
+    os.utime(model / "model.safetensors", ns=(1, 1))  # the next session converts it again: a new mtime
+    marker = json.loads((model / ".tenantgate-prepared.json").read_text())
+    (model / ".tenantgate-prepared.json").write_text(json.dumps({**marker, "prepared_at": "tomorrow"}))
+    assert cache_key(b"data", TRAINING_ARGS, model) == key
+    assert cache_key(b"other data", TRAINING_ARGS, model) != key
+    assert cache_key(b"data", (*TRAINING_ARGS, "--epochs", "41"), model) != key
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
+    assert cache_key(b"data", TRAINING_ARGS, model) != key
+
+
+def test_without_a_marker_the_weights_size_and_mtime_count(tmp_path: Path) -> None:
+    from tests.trained_adapter import TRAINING_ARGS, cache_key
+
+    model = _prepared_model(tmp_path / "model")
+    (model / ".tenantgate-prepared.json").unlink()
+    key = cache_key(b"data", TRAINING_ARGS, model)
+    os.utime(model / "model.safetensors", ns=(1, 1))
+    assert cache_key(b"data", TRAINING_ARGS, model) != key
+
+
+def test_a_cached_adapter_is_reused_without_training(tmp_path: Path) -> None:
+    from tests.trained_adapter import TRAINING_ARGS, cache_key, cached_adapter
+
+    model = _prepared_model(tmp_path / "model")  # not loadable: a training would fail the test
+    entry = tmp_path / "cache" / cache_key(PIRATE.read_bytes(), TRAINING_ARGS, model)
+    entry.mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        (entry / name).write_bytes(b"cached")
+    assert cached_adapter(model, tmp_path / "cache") == entry
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.name]
+
+
+def test_a_failed_training_fails_with_its_log_and_leaves_no_entry(tmp_path: Path) -> None:
+    from tests.trained_adapter import cached_adapter
+
+    model = _prepared_model(tmp_path / "model")
+    bad = _write(tmp_path / "bad.jsonl", "{oops")
+    with pytest.raises(pytest.fail.Exception, match="line 1: not valid JSON"):
+        cached_adapter(model, tmp_path / "cache", data=bad)
+    assert list((tmp_path / "cache").iterdir()) == []
