@@ -182,7 +182,8 @@ class _Budget:
 
 def _tar_members(archive: tarfile.TarFile, budget: _Budget) -> Iterator[tarfile.TarInfo]:
     while (member := archive.next()) is not None:
-        budget.allowance += member.size + tarfile.BLOCKSIZE + _HEADER_ALLOWANCE  # its data, then the next header
+        data = member.size if member.isreg() else 0  # tarfile reads no data for a directory, whatever its size
+        budget.allowance += data + tarfile.BLOCKSIZE + _HEADER_ALLOWANCE  # its data, then the next header
         yield member
 
 

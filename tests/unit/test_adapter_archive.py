@@ -442,6 +442,22 @@ def test_gzip_bomb_in_a_pax_header(area: tuple[Path, Path]) -> None:
     refused(area, compressor.getvalue(), "holds more data than its entries declare")
 
 
+def test_directory_claiming_a_size_grants_no_allowance(area: tuple[Path, Path]) -> None:
+    """A directory entry 'of 1 GB' (tarfile reads no data for it) followed by a 50 MB pax header."""
+    folder = tarfile.TarInfo("d")
+    folder.type = tarfile.DIRTYPE
+    folder.size = 1 << 30
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    pax.size = 50 << 20
+    compressor = io.BytesIO()
+    with gzip.GzipFile(fileobj=compressor, mode="wb", compresslevel=9) as stream:
+        stream.write(folder.tobuf(tarfile.USTAR_FORMAT) + pax.tobuf(tarfile.USTAR_FORMAT))
+        for _ in range(50):
+            stream.write(b"9" * (1 << 20))
+    refused(area, compressor.getvalue(), "holds more data than its entries declare")
+
+
 def test_gzip_of_endless_zero_blocks_after_the_files(area: tuple[Path, Path]) -> None:
     """Zero blocks end a tar: a 100 MB tail of them is never read."""
     raw = tar_bytes(MEMBERS, compression="")
