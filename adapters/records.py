@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -413,11 +414,14 @@ class ReadyRow:
     rank: int
 
 
-async def ready_rows(pool: AsyncConnectionPool[Any]) -> list[ReadyRow]:
-    """Every tenant's ``ready`` adapters (for the directory; one query, read as the table's owner)."""
+async def ready_rows(pool: AsyncConnectionPool[Any], ids: Sequence[str] | None = None) -> list[ReadyRow]:
+    """Every tenant's ``ready`` adapters, or those among ``ids`` (for the directory; one query, read as the
+    table's owner)."""
+    sql = "SELECT id, tenant_id, name, base_model, engine_name, checksum, rank FROM adapters WHERE status = 'ready'"
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id, tenant_id, name, base_model, engine_name, checksum, rank FROM adapters WHERE status = 'ready'"
-        )
+        if ids is None:
+            cur = await conn.execute(sql)
+        else:
+            cur = await conn.execute(sql + " AND id = ANY(%s)", (list(ids),))
         rows = await cur.fetchall()
     return [ReadyRow(*r) for r in rows]

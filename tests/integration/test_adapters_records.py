@@ -255,3 +255,23 @@ async def test_own_changes_apply_at_once_and_a_refresh_keeps_unchanged_entries(
     assert directory.lookup(a, "mine") is None and len(directory) == 0
     await directory.refresh(db_pool)
     assert directory.lookup(a, "mine") == entry  # the row is still ready in the database
+
+
+async def test_the_directory_reloads_everything_now_and_then(
+    db_pool: AsyncConnectionPool, store: AdapterStore, tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    a, _ = tenants
+    directory = AdapterDirectory(store.folder)
+    task = asyncio.get_running_loop().create_task(directory.follow(db_pool, interval=0.2))
+    try:
+        async with db_pool.connection() as conn:  # a change that sent no notification
+            await conn.execute(
+                "INSERT INTO adapters (id, tenant_id, name, base_model, engine_name, checksum, bytes, rank,"
+                " target_modules, status) VALUES (%s, %s, 'quiet', 'base', %s, %s, 1, 8, '{q_proj}', 'ready')",
+                (records.new_adapter_id(), a, records.new_engine_name(), _checksum(9)),
+            )
+        await _until(lambda: directory.lookup(a, "quiet") is not None, "the periodic reload finds it")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
