@@ -7,8 +7,6 @@ shutdown closes them in reverse, flushing every pending usage event.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -19,10 +17,8 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from adapters.directory import AdapterDirectory, AdapterEntry
-from adapters.records import finish_stale_deletes
-from adapters.storage import AdapterStore
 from gateway import __version__
+from gateway.adapter_runtime import open_adapter_runtime
 from gateway.auth import store
 from gateway.auth.keys import digest
 from gateway.auth.service import Authenticator
@@ -44,6 +40,7 @@ from gateway.services.grounding import GroundingStep
 from gateway.services.inference import InferenceService
 from gateway.services.metering import MeterUsage
 from gateway.services.pipeline import Pipeline
+from gateway.services.salts import CacheSalts, read_cache_salt_key
 from gateway.services.shutdown import ShutdownWatch
 from gateway.settings import Settings, SettingsError
 from observability.usage import UsageMeter
@@ -72,16 +69,6 @@ async def _admin_key_hash(settings: Settings, db: Any) -> bytes:
     if new_key is not None:
         announce_admin_key(new_key)
     return key_hash
-
-
-async def _no_retire(entry: AdapterEntry) -> None:
-    """Until placement is wired: nothing is loaded on the engines, so a deleted adapter has nothing to unload."""
-
-
-async def _stop_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _timeouts(settings: Settings) -> EngineTimeouts:
@@ -118,10 +105,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # so nothing an engine (or a proxy before it) set during one tenant's call rides along on another's.
         http = HttpClient(connect_timeout=timeouts.connect, max_response_bytes=settings.engine_max_response_bytes)
         stack.push_async_callback(http.close)
+        # Tenant adapters: store, directory (followed from Postgres), placement, and the engine pool's listing
+        # hook (LoRA support per replica, the identity adapter that isolates base traffic, reconciliation).
+        adapter_runtime = await stack.enter_async_context(open_adapter_runtime(settings, db, http))
         engines = EnginePool(
             http, settings.engine_urls, settings.embedding_urls, timeouts=timeouts,
-            health_interval=settings.engine_health_interval,
+            health_interval=settings.engine_health_interval, on_listing=adapter_runtime.guard,
         )
+        adapter_runtime.generate_replicas = tuple(r for r in engines.replicas if r.purpose == "generate")
         await engines.start()
         stack.push_async_callback(engines.stop)
         meter = UsageMeter(
@@ -130,10 +121,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         await meter.start()
         stack.push_async_callback(meter.stop)
-        client = EngineClient(engines, http, timeouts)
+        client = EngineClient(engines, http, timeouts, adapter_runtime.leases)
         shutdown = ShutdownWatch(settings.shutdown_timeout)
         stack.enter_context(shutdown.hooked_signals())
-        catalog = ModelCatalog(engines)
+        isolation = adapter_runtime.guard if settings.base_isolation == "identity" else None
+        catalog = ModelCatalog(engines, adapters=adapter_runtime.directory, isolation=isolation)
         search_options = SearchOptions(mode=settings.search_mode)
         # Retrieval: the embedder every embedding of ingestion and search goes through (metered to the tenant),
         # and the ingestion queue, with a worker in this process unless ingestion runs apart (tenantgate worker).
@@ -151,21 +143,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Grounded chat: a chat or completion request's `retrieval` (nothing for a request without one).
         grounding = GroundingStep(db, embedder, client, search_options=search_options)
         pipeline = Pipeline(steps=(grounding.step(),), observers=(MeterUsage(meter),))
+        # Every engine request carries its tenant's prefix-cache salt (the key is one row in Postgres).
+        salts = CacheSalts(await read_cache_salt_key(db))
         inference = InferenceService(
-            client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown
+            client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown,
+            salts=salts,
         )
-        # Tenant adapters: the store (created on first upload) and the directory, followed from Postgres.
-        adapter_store = AdapterStore(settings.adapter_path)
-        adapter_directory = AdapterDirectory(adapter_store.folder)
-        try:
-            await finish_stale_deletes(db, adapter_store)
-        except Exception:  # never a reason not to start: the next start tries again
-            log.warning("could not finish the adapter deletes left unfinished", exc_info=True)
-        await adapter_directory.refresh(db)
-        stack.push_async_callback(_stop_task, asyncio.get_running_loop().create_task(adapter_directory.follow(db)))
         yield Services(
             settings, db, auth, http, engines, client, catalog, meter, inference, shutdown, embedder, ingestion,
-            adapter_store, adapter_directory, _no_retire,
+            adapter_runtime.store, adapter_runtime.directory, adapter_runtime.retire,
         )
 
 

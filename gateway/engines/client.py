@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.engines.adapter_leases import AdapterLeases
 from gateway.engines.errors import (
     EngineBadResponseError,
     EngineStreamBrokenError,
@@ -88,13 +89,20 @@ class EngineClient:
     """Sends requests to the replicas of an `EnginePool` over the gateway's one `HttpClient`.
 
     `timeouts.first_byte` runs until the response headers are complete, `timeouts.total` over the whole
-    exchange, body or stream included (`timeouts.connect` is the `HttpClient`'s own).
+    exchange, body or stream included (`timeouts.connect` is the `HttpClient`'s own). `adapters`: the leases of
+    adapter routes (placement); without it an adapter route is leased like any other.
+
+    An adapter request an engine answers with 404 (it does not hold the adapter: restarted, or another gateway
+    process unloaded it) is sent once more, after placement forgot the adapter there and loaded it again.
     """
 
-    def __init__(self, pool: EnginePool, http: HttpClient, timeouts: EngineTimeouts) -> None:
+    def __init__(
+        self, pool: EnginePool, http: HttpClient, timeouts: EngineTimeouts, adapters: AdapterLeases | None = None
+    ) -> None:
         self._pool = pool
         self._http = http
         self._timeouts = timeouts
+        self._adapters = adapters
 
     async def post(
         self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None = None
@@ -140,17 +148,10 @@ class EngineClient:
         timeouts = self._timeouts
         excluded: list[Replica] = []
         last_reason = ""
+        adapters = self._adapters if route.adapter is not None else None
+        reloaded = False  # an adapter request answered 404 was sent once more
         while True:
-            try:
-                lease = self._pool.lease(route, excluded)
-            except EngineUnavailableError as exc:
-                if not excluded:
-                    raise
-                model = route.engine_model
-                raise EngineUnavailableError(
-                    f"No engine serving the model `{model}` could be reached (last: {last_reason}).",
-                    model,
-                ) from exc
+            lease = await self._lease(route, excluded, last_reason)
             replica = lease.replica
             try:
                 resp = await self._http.request(
@@ -171,7 +172,27 @@ class EngineClient:
                     self._pool.mark_unhealthy(replica, mapped.reason)
                 excluded.append(replica)
                 continue
+            if adapters is not None and resp.status == 404 and not reloaded:
+                reloaded = True
+                await _read_reply(resp, lease, timeouts)  # small; releases the lease
+                adapters.lost(replica, route)
+                continue
             return resp, lease
+
+
+    async def _lease(self, route: Route, excluded: list[Replica], last_reason: str) -> Lease:
+        """A lease on a replica of `route` outside `excluded` (placement's, for an adapter route)."""
+        try:
+            if route.adapter is None or self._adapters is None:
+                return self._pool.lease(route, excluded)
+            return await self._adapters.lease(route, excluded)
+        except EngineUnavailableError as exc:
+            if not excluded:
+                raise
+            model = route.engine_model
+            raise EngineUnavailableError(
+                f"No engine serving the model `{model}` could be reached (last: {last_reason}).", model,
+            ) from exc
 
 
 def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseException | _Retry:

@@ -7,17 +7,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.engines.errors import EngineUnavailableError, ModelNotServedError
 from gateway.engines.http1 import ClosedBeforeResponseError, ConnectError, HttpClient, HttpError
-from gateway.engines.models import ModelListError, parse_model_list
+from gateway.engines.models import ModelCard, ModelListError, parse_model_list
 from gateway.engines.normalize import redact
 from gateway.engines.replica import Purpose, Replica
 from gateway.engines.routes import Lease, Route
 from gateway.engines.timeouts import EngineTimeouts
 
-__all__ = ["EnginePool"]
+__all__ = ["EnginePool", "ListingHook", "ReplicaNotReadyError"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,19 @@ _PURPOSES: tuple[Purpose, ...] = ("generate", "embed")
 
 class _ProbeError(Exception):
     pass
+
+
+class ListingHook(Protocol):
+    """Runs after each successful ``GET /v1/models`` of a generation replica, before the replica counts as
+    healthy: it may act on the replica (load the identity adapter, reconcile adapter placement) and returns the
+    cards to keep (the listing again, when it changed it). Raising ``ReplicaNotReadyError`` keeps the replica out of
+    rotation until the next check (fail closed)."""
+
+    async def __call__(self, replica: Replica, cards: dict[str, ModelCard]) -> dict[str, ModelCard]: ...
+
+
+class ReplicaNotReadyError(Exception):
+    """The listing hook cannot make the replica safe to use yet; the message says why (shown in /health)."""
 
 
 class EnginePool:
@@ -53,8 +66,10 @@ class EnginePool:
         timeouts: EngineTimeouts,
         health_interval: float = 5.0,
         recheck_initial: float = 0.25,
+        on_listing: ListingHook | None = None,
     ) -> None:
         self._http = http
+        self._on_listing = on_listing
         self._timeouts = timeouts
         self._health_interval = health_interval
         self._recheck_initial = min(recheck_initial, health_interval)
@@ -122,6 +137,11 @@ class EnginePool:
                 cards = parse_model_list(await self._probe(replica, "/v1/models"))
             except ModelListError as exc:
                 raise _ProbeError(str(exc)) from exc
+            if self._on_listing is not None and replica.purpose == "generate":
+                try:
+                    cards = await self._on_listing(replica, cards)
+                except ReplicaNotReadyError as exc:
+                    raise _ProbeError(str(exc)) from exc
         except ConnectError as exc:
             if not exc.local:
                 self._failed(replica, was_healthy, exc)

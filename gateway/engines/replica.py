@@ -37,6 +37,9 @@ class Replica:
     # Health checks failed in a row, and when (event-loop time) the next one is due: see EnginePool.
     failures: int = 0
     next_check: float = 0.0
+    # Whether it takes LoRA adapters at run time (/v1/load_lora_adapter): None until the pool's listing hook
+    # found out (gateway.engines.adapter_guard); only such replicas get tenant adapters and isolated base traffic.
+    lora: bool | None = None
     origin: Origin = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -62,15 +62,29 @@ class AdapterDirectoryLike(Protocol):
     def for_tenant(self, tenant_id: uuid.UUID) -> Sequence[AdapterEntryLike]: ...
 
 
+class IdentityNames(Protocol):
+    """The identity adapter's engine name per base model (``gateway.engines.adapter_guard.AdapterGuard``)."""
+
+    def identity_for(self, base_model: str) -> str | None: ...
+
+
 class ModelCatalog:
+    """``isolation``: when given, base-model traffic on replicas that take LoRA adapters is sent through the
+    base model's identity adapter (see ``adapters.identity``): its route names the identity adapter to the
+    engine and keeps only those replicas."""
+
     def __init__(
-        self, engines: EnginePool, grants: Grants | None = None, adapters: AdapterDirectoryLike | None = None
+        self, engines: EnginePool, grants: Grants | None = None, adapters: AdapterDirectoryLike | None = None,
+        isolation: IdentityNames | None = None,
     ) -> None:
         self._engines = engines
         self._grants: Grants = grants if grants is not None else BaseModelsForEveryone()
         self._adapters = adapters
+        self._isolation = isolation
         # engine name -> (the base route it was built on, the adapter route)
         self._adapter_routes: dict[str, tuple[Route, Route]] = {}
+        # base model -> (its base route, the isolated route)
+        self._isolated: dict[str, tuple[Route, Route]] = {}
 
     def resolve(self, principal: Principal, model: str, purpose: Purpose) -> Route:
         """The route for the public ``model`` this principal named; ``ModelNotServedError`` when it has none."""
@@ -85,6 +99,21 @@ class ModelCatalog:
             return self._adapter_route(entry)
         if not self._grants(principal, route):
             raise ModelNotServedError(model)
+        if self._isolation is not None and purpose == "generate":
+            return self._isolated_route(route, self._isolation)
+        return route
+
+    def _isolated_route(self, base: Route, isolation: IdentityNames) -> Route:
+        """``base`` itself where no replica of it takes adapters; else its identity-adapter route."""
+        cached = self._isolated.get(base.engine_model)
+        if cached is not None and cached[0] is base:
+            return cached[1]
+        identity = isolation.identity_for(base.engine_model)
+        replicas = tuple(replica for replica in base.replicas if replica.lora)
+        if identity is None or not replicas:
+            return base  # not cached: a replica's LoRA support is learnt after its route was built
+        route = Route(identity, "generate", replicas, base.card)
+        self._isolated[base.engine_model] = (base, route)
         return route
 
     def _adapter_route(self, entry: AdapterEntryLike) -> Route:
@@ -102,7 +131,10 @@ class ModelCatalog:
             id=entry.name, created=base.card.created, owned_by="tenantgate", parent=entry.base_model,
             max_model_len=base.card.max_model_len,
         )
-        route = Route(entry.engine_name, "generate", base.replicas, card, adapter=entry)
+        replicas = tuple(replica for replica in base.replicas if replica.lora)
+        if not replicas:  # not cached: a replica's LoRA support is learnt after its route was built
+            return Route(entry.engine_name, "generate", (), card, adapter=entry)
+        route = Route(entry.engine_name, "generate", replicas, card, adapter=entry)
         if len(self._adapter_routes) >= 100_000:  # bounded: adapters come and go
             self._adapter_routes.clear()
         self._adapter_routes[entry.engine_name] = (base, route)

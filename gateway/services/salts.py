@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from typing import Any
 
-__all__ = ["CacheSalts"]
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["CacheSalts", "read_cache_salt_key"]
 
 SALT_HEX_CHARS = 32
 
@@ -38,3 +41,13 @@ class CacheSalts:
             digest = hmac.new(self._key, tenant_id.bytes, hashlib.sha256).hexdigest()[:SALT_HEX_CHARS]
             salt = self._salts[tenant_id] = b'"' + digest.encode("ascii") + b'"'
         return salt
+
+
+async def read_cache_salt_key(db: AsyncConnectionPool[Any]) -> bytes:
+    """The platform's salt key (32 random bytes made by migration 0006, the same for every gateway replica)."""
+    async with db.connection() as conn:
+        cur = await conn.execute("SELECT cache_salt_key FROM platform_secrets")
+        row = await cur.fetchone()
+    if row is None:
+        raise RuntimeError("platform_secrets holds no cache salt key: migration 0006 did not run")
+    return bytes(row[0])
