@@ -25,7 +25,10 @@ evictions of warm ones outweigh the balance gained.
 
 Slots: each replica holds at most ``slots`` adapters (``adapter_slots``, matching ``--max-cpu-loras``), loads in
 progress included; a pinned adapter (the identity adapter) takes a slot but is never evicted. A full replica frees
-slots by unloading its least recently used adapters with no request in flight, before the load.
+slots by unloading adapters with no request in flight, before the load: the least used first (requests begun,
+halved every ``aging_every`` requests), the least recently used among equals. Under a skewed mix this keeps the
+popular adapters loaded while the rare ones take turns in the remaining slots: with the benchmark's Zipf mix, an
+LRU order is about 50% hits at best over 32 slots, a frequency order about 63% (the mass of the 32 most popular).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection, Hashable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from adapters.errors import (
     AdapterCapacityExhausted,
@@ -67,22 +70,41 @@ R = TypeVar("R", bound=ReplicaLike)
 class _ReplicaState:
     """What one replica holds, as this process knows it."""
 
-    __slots__ = ("busy", "held", "loading")
+    __slots__ = ("busy", "held", "loading", "unloading")
 
     def __init__(self) -> None:
         self.held: dict[str, int] = {}  # engine name -> last use (a tick of Placement's clock)
         self.busy: dict[str, int] = {}  # engine name -> adapter requests in flight (begin/end), absent at zero
         self.loading: set[str] = set()  # loads in progress here (they take a slot)
+        self.unloading: set[str] = set()  # evictions in progress here (a load of one now would race its unload)
 
     def used(self) -> int:
         return len(self.held) + len(self.loading)
+
+
+class _Flight(Generic[R]):
+    """One load in progress and the ensure() calls waiting on it.
+
+    When the load succeeds, each waiter is counted as a request in flight on the adapter (``reserved``) until it
+    resumes: the waiter's caller calls ``begin()`` right after ensure() returns, with no await in between, so the
+    fresh adapter cannot be evicted by another load in the loop turns between the load's end and that begin."""
+
+    __slots__ = ("replica", "reserved", "task", "waiting")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[R] | None = None
+        self.waiting = 0
+        self.reserved = 0
+        self.replica: R | None = None
 
 
 class Placement(Generic[R]):
     """Adapter placement over the replicas of one gateway process (see the module docstring).
 
     ``slots``: adapters one replica may hold; ``pinned``: engine names never evicted; ``hot_factor`` and
-    ``hot_margin``: the balancing rule; ``retire_timeout``: how long :meth:`retire` waits for in-flight requests.
+    ``hot_margin``: the balancing rule; ``eviction``: ``lfu`` (fewest recent requests first, then least recently
+    used; counts halved every ``aging_every`` requests; ``aging_every`` <= 0: never) or ``lru``; ``retire_timeout``:
+    how long :meth:`retire` waits for in-flight requests.
     """
 
     def __init__(
@@ -93,6 +115,8 @@ class Placement(Generic[R]):
         pinned: Iterable[str] = (),
         hot_factor: float = 2.0,
         hot_margin: int = 4,
+        eviction: Literal["lfu", "lru"] = "lfu",
+        aging_every: int = 1000,
         retire_timeout: float = 30.0,
     ) -> None:
         if slots < 1:
@@ -103,9 +127,13 @@ class Placement(Generic[R]):
         self._hot_factor = hot_factor
         self._hot_margin = hot_margin
         self._retire_timeout = retire_timeout
+        self._eviction = eviction
+        self._aging_every = aging_every
+        self._uses: dict[str, int] = {}  # engine name -> requests begun, halved every `aging_every` requests
+        self._since_aging = 0
         self._states: dict[R, _ReplicaState] = {}
         self._holders: dict[str, set[R]] = {}  # engine name -> replicas holding it (loaded, not loading)
-        self._loads: dict[str, asyncio.Task[R]] = {}  # engine name -> its load in progress (one at a time)
+        self._loads: dict[str, _Flight[R]] = {}  # engine name -> its load in progress (one at a time)
         self._retiring: dict[str, asyncio.Event] = {}  # engine name -> set once its last request ended
         self._tick = 0
 
@@ -140,6 +168,9 @@ class Placement(Generic[R]):
         if state is None:
             state = self._states[replica] = _ReplicaState()
         state.busy[engine_name] = state.busy.get(engine_name, 0) + 1
+        uses = self._uses
+        uses[engine_name] = uses.get(engine_name, 0) + 1
+        self._since_aging += 1
         if engine_name in state.held:
             self._tick += 1
             state.held[engine_name] = self._tick
@@ -183,7 +214,7 @@ class Placement(Generic[R]):
             holder = self._best_holder(replicas, engine_name)
             if holder is not None:  # a second copy is on its way: keep using the first meanwhile
                 return holder
-            replica = await asyncio.shield(pending)
+            replica = await self._wait(pending, engine_name)
             if replica.healthy and engine_name in self._states[replica].held:
                 return replica
             # evicted or lost since (rare): look again
@@ -200,15 +231,25 @@ class Placement(Generic[R]):
                 "Every engine replica of this adapter's base model is full of adapters in use; retry shortly.",
                 param="model",
             )
-        task = asyncio.create_task(self._load(target, victims, engine_name, path), name=f"lora-load-{engine_name}")
-        self._loads[engine_name] = task
-        task.add_done_callback(self._load_done)
-        return await asyncio.shield(task)
+        flight: _Flight[R] = _Flight()
+        flight.task = asyncio.create_task(
+            self._load(flight, target, victims, engine_name, path), name=f"lora-load-{engine_name}"
+        )
+        flight.task.add_done_callback(_retrieve)
+        self._loads[engine_name] = flight
+        return await self._wait(flight, engine_name)
 
-    @staticmethod
-    def _load_done(task: asyncio.Task[R]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved here: every waiter may have gone
+    async def _wait(self, flight: _Flight[R], engine_name: str) -> R:
+        """The flight's replica once loaded (its error otherwise); cancelling the wait leaves the load running."""
+        assert flight.task is not None
+        flight.waiting += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiting -= 1
+            if flight.reserved and flight.replica is not None:  # hand back the count the load made for us
+                flight.reserved -= 1
+                self.end(flight.replica, engine_name)
 
     def _choose_target(self, replicas: Collection[R], engine_name: str) -> tuple[R | None, list[str]]:
         """The least loaded healthy replica not holding ``engine_name`` that can take it (ties: fewest adapters
@@ -219,7 +260,7 @@ class Placement(Generic[R]):
             if not replica.healthy:
                 continue
             state = self._state(replica)
-            if engine_name in state.held or engine_name in state.loading:
+            if engine_name in state.held or engine_name in state.loading or engine_name in state.unloading:
                 continue
             if not self._can_free(state, 1):
                 continue
@@ -228,6 +269,7 @@ class Placement(Generic[R]):
                 best, best_key = replica, key
         if best is None:
             return None, []
+        self._age()
         state = self._state(best)
         victims = self._victims(state, state.used() + 1 - self._slots)
         for victim in victims:  # off the books now: no request is routed to it from here on
@@ -244,19 +286,36 @@ class Placement(Generic[R]):
         return idle >= missing
 
     def _victims(self, state: _ReplicaState, count: int) -> list[str]:
-        """The ``count`` least recently used idle, unpinned adapters of the replica."""
+        """The ``count`` least used (recent requests, decayed), then least recently used, idle unpinned adapters of
+        the replica."""
         if count <= 0:
             return []
         busy, pinned = state.busy, self._pinned
-        idle = sorted((last, name) for name, last in state.held.items() if name not in busy and name not in pinned)
-        return [name for _, name in idle[:count]]
+        uses = self._uses if self._eviction == "lfu" else {}
+        idle = sorted(
+            (uses.get(name, 0), last, name)
+            for name, last in state.held.items()
+            if name not in busy and name not in pinned
+        )
+        return [name for _, _, name in idle[:count]]
 
-    async def _load(self, replica: R, victims: list[str], engine_name: str, path: str) -> R:
+    def _age(self) -> None:
+        """Halve every use count once per ``aging_every`` requests (on the miss path: the hit path only counts), so
+        an adapter that was popular and is no longer loses its place."""
+        if self._aging_every <= 0 or self._since_aging < self._aging_every:
+            return
+        shift = min(62, self._since_aging // self._aging_every)
+        self._since_aging = 0
+        self._uses = {name: count >> shift for name, count in self._uses.items() if count >> shift}
+
+    async def _load(self, flight: _Flight[R], replica: R, victims: list[str], engine_name: str, path: str) -> R:
         state = self._state(replica)
+        state.unloading.update(victims)
         try:
             for victim in victims:
                 with contextlib.suppress(LoraNotLoaded):  # freed anyway
                     await self._api.unload(replica, victim)
+                state.unloading.discard(victim)
             with contextlib.suppress(LoraAlreadyLoaded):  # another gateway process loaded it
                 await self._api.load(replica, engine_name, path)
         except LoraFilesRejected as exc:
@@ -269,11 +328,15 @@ class Placement(Generic[R]):
             raise AdapterLoadFailed(message, param="model") from exc
         finally:
             state.loading.discard(engine_name)
-            if self._loads.get(engine_name) is asyncio.current_task():
+            state.unloading.difference_update(victims)
+            if self._loads.get(engine_name) is flight:
                 del self._loads[engine_name]  # now, not in a callback: the next ensure() must not wait on it
         self._tick += 1
         state.held[engine_name] = self._tick
         self._holders.setdefault(engine_name, set()).add(replica)
+        if flight.waiting:  # see _Flight
+            flight.replica, flight.reserved = replica, flight.waiting
+            state.busy[engine_name] = state.busy.get(engine_name, 0) + flight.waiting
         return replica
 
     # -- reconciliation -----------------------------------------------------------------------------
@@ -288,7 +351,7 @@ class Placement(Generic[R]):
         for name in [name for name in state.held if name not in listed and name not in state.loading]:
             self._drop(replica, name)
         for name in listed:
-            if name in state.held or name in state.loading or name in self._retiring:
+            if name in state.held or name in state.loading or name in state.unloading or name in self._retiring:
                 continue
             state.held[name] = -1  # older than anything used here
             self._holders.setdefault(name, set()).add(replica)
@@ -303,9 +366,9 @@ class Placement(Generic[R]):
         drained = self._retiring.setdefault(engine_name, asyncio.Event())
         try:
             pending = self._loads.get(engine_name)
-            if pending is not None:
+            if pending is not None and pending.task is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(pending)
+                    await asyncio.shield(pending.task)
             targets: list[R] = list(dict.fromkeys([*replicas, *self._holders.get(engine_name, ())]))
             for replica in list(self._holders.get(engine_name, ())):
                 self._drop(replica, engine_name)
@@ -319,6 +382,7 @@ class Placement(Generic[R]):
         finally:
             self._retiring.pop(engine_name, None)
             self._pinned.discard(engine_name)
+            self._uses.pop(engine_name, None)
 
     async def _unload_quietly(self, replica: R, engine_name: str) -> None:
         try:
@@ -380,6 +444,11 @@ class Placement(Generic[R]):
 
     def _in_flight(self, engine_name: str) -> int:
         return sum(state.busy.get(engine_name, 0) for state in self._states.values())
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here: every waiter may have gone
 
 
 def _clip(message: str) -> str:

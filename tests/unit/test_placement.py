@@ -221,6 +221,30 @@ async def test_a_second_begin_keeps_it_busy_until_the_last_end() -> None:
     assert await placement.ensure(pool, "tga-b", "/b") is replica
 
 
+async def test_a_fresh_adapter_is_kept_for_its_waiters_until_they_resume() -> None:
+    """Between a load's end and its waiter's begin() the loop runs other tasks: a load that wants the slot then
+    must not evict the adapter just loaded (the waiter would find the engine without it)."""
+    api = MemoryLora(gate=asyncio.Event())
+    placement = Placement(api, slots=2)
+    pool = replicas(1)
+    (replica,) = pool
+    placement.observe(replica, {"tga-busy"})
+    placement.begin(replica, "tga-busy")
+    waiter = asyncio.create_task(placement.ensure(pool, "tga-a", "/a"))
+    await api.started.wait()
+    api.gate.set()  # type: ignore[union-attr]
+    rival = asyncio.create_task(placement.ensure(pool, "tga-c", "/c"))  # runs after the load, before the waiter
+    assert await waiter is replica
+    placement.begin(replica, "tga-a")
+    with pytest.raises(AdapterCapacityExhausted):
+        await rival
+    assert api.unloads == []
+    assert placement.in_flight(replica, "tga-a") == 1  # the reservation was handed back: only our begin counts
+    placement.end(replica, "tga-a")
+    assert await placement.ensure(pool, "tga-c", "/c") is replica  # now it is idle: evicted for c
+    assert api.unloads == [("r0", "tga-a")]
+
+
 async def test_loads_of_different_adapters_run_concurrently_and_reserve_their_slots() -> None:
     api = MemoryLora(gate=asyncio.Event())
     placement = Placement(api, slots=1)
