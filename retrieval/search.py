@@ -19,30 +19,39 @@ best. A bigger scope walks the HNSW index with pgvector 0.8's iterative scan
 goes on until it has enough, up to ``hnsw.max_scan_tuples``), forced, because the planner prices an
 attribute filter at 1% of rows and would otherwise sort the whole scope.
 
-The text arm ranks by ``ts_rank_cd`` (cover density, divided by 1 + log of the chunk's length, mapped into
-0..1) over the query's lexemes (``english`` configuration, the one ``chunks.tsv`` is built with); its candidates
-are the chunks holding one of the query's rarer lexemes (held by fewer than ``COMMON_LEXEME`` chunks of the
-stores), or all of its lexemes when every one is common: a word in most chunks says little about any of them,
-and ranking most of a store is what a text search costs. Words that hold digits or punctuation (error codes,
-version numbers, file names) are not stemmed by that configuration, so identifiers match exactly. Inside a
+The text arm ranks by cover density (``ts_rank_cd`` over the query's lexemes, divided by 1 + log of the chunk's
+length) times the summed inverse document frequency (BM25's idf) of the query's lexemes the chunk holds, mapped
+into 0..1 by ``r / (1 + r)``: cover density alone weighs every word alike, so a question's common words ("use",
+"return") outranked the one rare word that names the answer. Lexemes are of the ``english`` configuration, the
+one ``chunks.tsv`` is built with; how many chunks of the stores hold each (and how many chunks the stores have)
+comes from ``store_lexemes`` (migration 0007, kept by triggers on ``chunks``), one indexed read instead of
+counting chunks at search time. The candidates are the chunks holding the query's rarest lexemes (held by fewer
+than ``COMMON_LEXEME`` chunks of the stores, the rarest first while their chunks add up to at most
+``text_candidates``), or all of its lexemes when every one is common: a word in most chunks says little about any
+of them, and ranking most of a store is what a text search costs. Words that hold digits or punctuation (error
+codes, version numbers, file names) are not stemmed by that configuration, so identifiers match exactly. Inside a
 tenant transaction Postgres applies a condition before the row-level security policy only if it is leakproof;
 migration 0005 marks ``@@`` (``ts_match_vq``) so, which lets the GIN index on ``tsv`` find the matching rows
 first (where the database role may not do that, text search scans the stores' rows instead: correct, slower).
 Attribute filters sit in the same WHERE and, not being leakproof, are checked after the policy, on the rows an
-index returns.
+index returns. In hybrid mode the two arms run at once on two connections when the pool has one idle.
 
 Scores are in 0..1. Vector: the cosine similarity (negative ones as 0). Text: the rank above. Hybrid,
 ``minmax`` fusion (the default): each arm's scores mapped onto 0..1 between its worst and best candidate, then
-``vector_weight * v + (1 - vector_weight) * t`` (0.6 : 0.4); ``weighted``: the same with each arm's scores
+``vector_weight * v + (1 - vector_weight) * t`` (0.5 : 0.5); ``weighted``: the same with each arm's scores
 divided by its best; ``rrf``: the sum of ``1 / (rrf_k + rank)`` over the lists, divided by the most a chunk can
 get. Whatever the fusion, each arm's best chunk keeps a place in the results (``keep_leaders``), so an exact
 identifier only full text finds comes back. Measured on the labelled Python-docs set (77 questions, passages,
-``python -m tests.bench.eval_fusion``), recall@5 / MRR@5: vector 0.857 / 0.665, text 0.701 / 0.464, minmax 0.6
-0.844 / 0.693, weighted 0.5 0.805 / 0.631, rrf 0.831 / 0.625.
+``python -m tests.bench.eval_fusion``), recall@5 / MRR@5: vector 0.857 / 0.665, text 0.844 / 0.677 (cover
+density alone: 0.701 / 0.464), minmax 0.5 0.883 / 0.723 (0.6: 0.870 / 0.719), weighted 0.5 0.857 / 0.707.
+The weight was chosen on the even questions (0.923 / 0.734 there); on the odd ones it gives 0.842 / 0.713, where
+vector gives 0.842 / 0.652 and text 0.842 / 0.665.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -104,12 +113,14 @@ class SearchOptions:
 
     mode: SearchMode = "hybrid"
     fusion: Fusion = "minmax"  # measured best on the labelled set (tests/bench/eval_fusion.py)
-    vector_weight: float = 0.6  # minmax and weighted fusion: the vector arm's share
+    vector_weight: float = 0.5  # minmax and weighted fusion: the vector arm's share
     rrf_k: int = 60
     candidates: int = 40  # each arm's list: at least this many, and twice max_num_results
     ef_search: int = 100  # hnsw.ef_search: candidates the index keeps while it walks
     exact_below: int = 2_000  # a scope of fewer chunks (estimated) is searched exactly, not by the index
     index_min_share: float = 0.01  # ... and so is a scope of less than this share of all chunks
+    text_candidates: int = 1_000  # the text arm ranks about this many chunks at most (its rarest lexemes' chunks)
+    parallel_arms: bool = True  # hybrid: the text arm on a second connection, when one is idle
 
 
 DEFAULT_OPTIONS = SearchOptions()
@@ -215,20 +226,25 @@ WHERE tenant_id = %s AND vector_store_id = ANY(%s){filter}
 ORDER BY embedding <=> %s::vector LIMIT %s
 """
 
-# The text arm, in three short statements so that each tsquery reaches the planner as a value (the GIN index
-# serves `@@` inside a tenant transaction since migration 0005 made it leakproof): the query's lexemes
-# (english configuration: stemmed, stop words gone, each quoted as a 'simple' tsquery operand); how many chunks
-# of the stores hold each one, counted up to COMMON_LEXEME; then the candidates, which must hold one of the
-# rarer lexemes (a word in most chunks tells little and would make most chunks candidates: ranking them is
-# what costs), or all of the query's lexemes when every one is common, ranked by every lexeme of the query.
-_LEXEMES = "SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s)) LIMIT 64"
-_LEXEME_COUNT = (
-    "(SELECT count(*) FROM (SELECT 1 FROM chunks WHERE tsv @@ to_tsquery('simple', %s)"
-    " AND tenant_id = %s AND vector_store_id = ANY(%s) LIMIT %s) AS hits)"
-)
+# The text arm, in two statements so that each tsquery reaches the planner as a value (the GIN index serves
+# `@@` inside a tenant transaction since migration 0005 made it leakproof). First the query's lexemes (english
+# configuration: stemmed, stop words gone) with how many chunks of the stores hold each, and the stores' chunk
+# count (lexeme ''), all from `store_lexemes` (migration 0007, kept by triggers on chunks); then the candidates,
+# which must hold one of the rarer lexemes (a word in most chunks tells little and would make most chunks
+# candidates: ranking them is what costs), or all of the query's lexemes when every one is common, ranked by
+# cover density over every lexeme (ts_rank_cd, divided by 1 + log of the chunk's length) times the summed
+# inverse document frequency of the lexemes the chunk holds, mapped into 0..1 by r / (1 + r).
+_LEXEME_STATS = """
+SELECT l.lexeme, coalesce(sum(s.chunks), 0)::bigint
+FROM (SELECT lexeme FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s)) LIMIT 64) AS q
+      UNION ALL SELECT '') AS l
+LEFT JOIN store_lexemes s ON s.lexeme = l.lexeme AND s.vector_store_id = ANY(%s) AND s.tenant_id = %s
+GROUP BY l.lexeme
+"""
+_COVERAGE_TERM = "CASE WHEN tsv @@ %s::tsquery THEN %s ELSE 0 END"
 _TEXT = """
-SELECT id, ts_rank_cd(tsv, to_tsquery('simple', %s), 1 | 32) AS rank FROM chunks
-WHERE tsv @@ to_tsquery('simple', %s) AND tenant_id = %s AND vector_store_id = ANY(%s){filter}
+SELECT id, ts_rank_cd(tsv, %s::tsquery, 1) * ({coverage}) AS rank FROM chunks
+WHERE tsv @@ %s::tsquery AND tenant_id = %s AND vector_store_id = ANY(%s){filter}
 ORDER BY rank DESC, id LIMIT %s
 """
 COMMON_LEXEME = 500  # a lexeme held by this many chunks of the stores searched, or more, is common
@@ -281,22 +297,34 @@ async def _vector_arm(
 
 async def _text_arm(
     conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], text: str,
-    where: tuple[sql.Composable, list[Any]], limit: int,
+    where: tuple[sql.Composable, list[Any]], limit: int, options: SearchOptions,
 ) -> _Ranked:
-    cur = await conn.execute(_LEXEMES, (text,))
-    operands = [_operand(row[0]) for row in await cur.fetchall()]
-    if not operands:
+    cur = await conn.execute(_LEXEME_STATS, (text, store_ids, tenant_id))
+    held = {row[0]: int(row[1]) for row in await cur.fetchall()}
+    total = max(held.pop("", 0), 1)
+    if not held:
         return []
-    counts = sql.SQL("SELECT {}").format(sql.SQL(", ").join([sql.SQL(_LEXEME_COUNT)] * len(operands)))
-    cur = await conn.execute(counts, [v for op in operands for v in (op, tenant_id, store_ids, COMMON_LEXEME)])
-    row = await cur.fetchone()
-    held = list(row) if row is not None else [0] * len(operands)
-    rare = [op for op, n in zip(operands, held, strict=True) if n < COMMON_LEXEME]
-    candidates = " | ".join(rare) if rare else " & ".join(operands)
+    operands = {lexeme: _operand(lexeme) for lexeme in held}
+    # The candidates: chunks holding one of the rarest lexemes, the rarest first while their chunks add up to
+    # at most `text_candidates` (one at least); all the lexemes at once when every one is common.
+    rare: list[str] = []
+    budget = 0
+    for lexeme, n in sorted(held.items(), key=lambda item: (item[1], item[0])):
+        if n >= COMMON_LEXEME or (rare and budget + n > options.text_candidates):
+            break
+        rare.append(operands[lexeme])
+        budget += n
+    candidates = " | ".join(rare) if rare else " & ".join(operands.values())
+    weights: list[str | float] = []  # (operand, idf) as BM25 weighs a term: rarer in the stores, more telling
+    for lexeme, n in held.items():
+        weights.extend((operands[lexeme], math.log(1.0 + (total - n + 0.5) / (n + 0.5))))
+    coverage = sql.SQL(" + ").join([sql.SQL(_COVERAGE_TERM)] * len(held))
     condition, params = where
-    query = sql.SQL(_TEXT).format(filter=condition)
-    cur = await conn.execute(query, (" | ".join(operands), candidates, tenant_id, store_ids, *params, limit))
-    return [(int(r[0]), float(r[1])) for r in await cur.fetchall()]
+    query = sql.SQL(_TEXT).format(coverage=coverage, filter=condition)
+    cur = await conn.execute(
+        query, (" | ".join(operands.values()), *weights, candidates, tenant_id, store_ids, *params, limit)
+    )
+    return [(int(r[0]), float(r[1]) / (1.0 + float(r[1]))) for r in await cur.fetchall()]
 
 
 def _where(filters: Filter | None) -> tuple[sql.Composable, list[Any]]:
@@ -411,35 +439,87 @@ def _best_of(lists: Sequence[_Ranked]) -> _Ranked:
 # -- search ------------------------------------------------------------------------------------------------
 
 
+async def _vector_lists(
+    conn: AsyncConnection[Any], tenant_id: uuid.UUID, stores: list[str], vectors: Sequence[Vector],
+    where: tuple[sql.Composable, list[Any]], limit: int, options: SearchOptions,
+) -> list[_Ranked]:
+    index = await _use_index(conn, tenant_id, stores, options)
+    if index:
+        await conn.execute(_INDEX_PATH, (str(options.ef_search),))
+    lists = [await _vector_arm(conn, tenant_id, stores, vector, where, limit) for vector in vectors]
+    if index:
+        await conn.execute(_RESET_PATH)
+    return lists
+
+
+async def _text_lists(
+    conn: AsyncConnection[Any], tenant_id: uuid.UUID, stores: list[str], queries: Sequence[str],
+    where: tuple[sql.Composable, list[Any]], limit: int, options: SearchOptions,
+) -> list[_Ranked]:
+    return [await _text_arm(conn, tenant_id, stores, text, where, limit, options) for text in queries]
+
+
+async def _text_lists_apart(
+    pool: AsyncConnectionPool[Any], tenant_id: uuid.UUID, stores: list[str], queries: Sequence[str],
+    where: tuple[sql.Composable, list[Any]], limit: int, options: SearchOptions,
+) -> list[_Ranked]:
+    """The text arm in a tenant transaction of its own, to run while the vector arm runs on another."""
+    async with tenant_transaction(pool, tenant_id) as conn:
+        return await _text_lists(conn, tenant_id, stores, queries, where, limit, options)
+
+
+def _idle_connection(pool: AsyncConnectionPool[Any]) -> bool:
+    """Whether ``pool`` has a connection idle now and nobody waiting for one: a second connection for the text
+    arm then waits on nothing (requests that each held one connection and waited for another could starve the
+    pool)."""
+    stats = pool.get_stats()
+    return stats.get("pool_available", 0) > 0 and stats.get("requests_waiting", 0) == 0
+
+
+def _rank(
+    mode: SearchMode, vector_lists: list[_Ranked], text_lists: list[_Ranked], max_num_results: int,
+    score_threshold: float, options: SearchOptions,
+) -> _Ranked:
+    fused = [(cid, round(score, 6)) for cid, score in fuse(mode, vector_lists, text_lists, options)]
+    ranked = [(cid, score) for cid, score in fused if score >= score_threshold][:max_num_results]
+    if mode == "hybrid":
+        leaders = [ranked_list[0][0] for ranked_list in (*vector_lists, *text_lists) if ranked_list]
+        ranked = keep_leaders(ranked, fused, leaders, max_num_results, score_threshold)
+    return ranked
+
+
 async def search_chunks(
     pool: AsyncConnectionPool[Any], tenant_id: uuid.UUID, store_ids: Sequence[str], *, queries: Sequence[str],
     vectors: Sequence[Vector], filters: Filter | None = None, max_num_results: int = 10,
     score_threshold: float = 0.0, mode: SearchMode = "hybrid", options: SearchOptions = DEFAULT_OPTIONS,
 ) -> list[SearchHit]:
     """The best chunks of the tenant's ``store_ids`` (already checked) for ``queries`` (text arm) and their
-    ``vectors`` (vector arm; empty in text mode), best first, none scoring under ``score_threshold``."""
+    ``vectors`` (vector arm; empty in text mode), best first, none scoring under ``score_threshold``.
+
+    In hybrid mode the text arm runs on a second connection, in a tenant transaction of its own, while the
+    vector arm runs on the first, when the pool has one idle (else after it, on the first)."""
     stores = list(dict.fromkeys(store_ids))
     limit = max(options.candidates, 2 * max_num_results)
     where = _where(filters)
+    arms = (tenant_id, stores)
     vector_lists: list[_Ranked] = []
     text_lists: list[_Ranked] = []
     async with tenant_transaction(pool, tenant_id) as conn:
-        if mode != "text":
-            index = await _use_index(conn, tenant_id, stores, options)
-            if index:
-                await conn.execute(_INDEX_PATH, (str(options.ef_search),))
-            for vector in vectors:
-                vector_lists.append(await _vector_arm(conn, tenant_id, stores, vector, where, limit))
-            if index:
-                await conn.execute(_RESET_PATH)
-        if mode != "vector":
-            for text in queries:
-                text_lists.append(await _text_arm(conn, tenant_id, stores, text, where, limit))
-        fused = [(cid, round(score, 6)) for cid, score in fuse(mode, vector_lists, text_lists, options)]
-        ranked = [(cid, score) for cid, score in fused if score >= score_threshold][:max_num_results]
-        if mode == "hybrid":
-            leaders = [ranked_list[0][0] for ranked_list in (*vector_lists, *text_lists) if ranked_list]
-            ranked = keep_leaders(ranked, fused, leaders, max_num_results, score_threshold)
+        apart = None
+        if mode == "hybrid" and options.parallel_arms and _idle_connection(pool):
+            apart = asyncio.ensure_future(_text_lists_apart(pool, *arms, queries, where, limit, options))
+        try:
+            if mode != "text":
+                vector_lists = await _vector_lists(conn, *arms, vectors, where, limit, options)
+        except BaseException:
+            if apart is not None:
+                apart.cancel()
+            raise
+        if apart is not None:
+            text_lists = await apart
+        elif mode != "vector":
+            text_lists = await _text_lists(conn, *arms, queries, where, limit, options)
+        ranked = _rank(mode, vector_lists, text_lists, max_num_results, score_threshold, options)
         if not ranked:
             return []
         cur = await conn.execute(_DETAILS, (tenant_id, [cid for cid, _ in ranked]))
