@@ -9,7 +9,8 @@ the data file, the training arguments, the peft and torch versions and the base 
 and where it came from (the prepared model's marker: the GGUF's SHA-256 and the conversion version, which
 stay the same while the session's freshly converted folder gets a new mtime every session; without a
 marker, the weights' sizes and mtimes). A training writes into a scratch folder beside the cache entry
-and renames it into place, so a crash leaves no half entry and two concurrent sessions both end with one.
+and renames it into place, so a crash leaves no half entry; a lock file per entry makes a concurrent
+session wait for the training under way instead of starting a second one.
 
 Skips cleanly, like the engine fixtures, where the engines extra or peft is missing (and so fails under
 ``TG_FAIL_ON_SKIP=1``, see ``tests/conftest.py``).
@@ -17,6 +18,7 @@ Skips cleanly, like the engine fixtures, where the engines extra or peft is miss
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -26,6 +28,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -92,28 +96,40 @@ def cached_adapter(
     if _complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".training-", dir=root))
+    with _locked(root / f".{target.name}.lock"):  # a concurrent session trains it once; the others wait
+        if not _complete(target):
+            _train_into(target, model, data, (*args, *run_args))
+    return target
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_into(target: Path, model: Path, data: Path, args: tuple[str, ...]) -> None:
+    """Train in a scratch folder beside ``target``, then rename the adapter into place."""
+    scratch = Path(tempfile.mkdtemp(prefix=".training-", dir=target.parent))
     try:
         log = scratch / "train.log"
         with log.open("wb") as out:
             done = subprocess.run(
                 [sys.executable, "-m", "gateway.cli", "adapters", "train", "--base-model", str(model),
-                 "--data", str(data), "--out", str(scratch / "adapter"), "--no-progress", *args, *run_args],
+                 "--data", str(data), "--out", str(scratch / "adapter"), "--no-progress", *args],
                 stdout=out, stderr=subprocess.STDOUT, timeout=TRAINING_TIMEOUT_S, check=False,
             )
         if done.returncode != 0 or not _complete(scratch / "adapter"):
             pytest.fail(f"training the test adapter failed (exit {done.returncode})\n{log_tail(log)}")
-        shutil.copy(log, root / f"{target.name}.train.log")  # the per-epoch losses, for whoever wonders
-        if not _complete(target):
-            shutil.rmtree(target, ignore_errors=True)  # a half entry someone else left
-            try:
-                (scratch / "adapter").rename(target)
-            except OSError:  # another session renamed its copy into place first: same recipe, keep theirs
-                if not _complete(target):
-                    raise
+        shutil.copy(log, target.parent / f"{target.name}.train.log")  # the per-epoch losses, for whoever wonders
+        shutil.rmtree(target, ignore_errors=True)  # a half entry (one file) left by hand
+        (scratch / "adapter").rename(target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
 
 
 @pytest.fixture(scope="session")
