@@ -7,6 +7,9 @@ Postgres, builds the HNSW index, then times searches of 10 results:
 - query embedding excluded: the query vector is given (random unit vectors), only the database work counts;
 - included: the query is embedded by the fake vLLM (``tests/fakes/vllm.py``) over HTTP first.
 
+The pool keeps two connections open, as a gateway with ``TENANTGATE_DB_POOL_MIN=2`` (or any concurrent traffic)
+does: hybrid search runs its text arm on a second connection only when one is idle.
+
 Run::
 
     .venv/bin/python -m tests.bench.bench_search [--sizes 10000 100000] [--queries 200]
@@ -140,7 +143,7 @@ async def run(sizes: list[int], queries: int) -> None:
     embedder = HttpEmbedder(fake.url)
     try:
         await upgrade(url)
-        pool = await open_pool(url, min_size=1, max_size=2)
+        pool = await open_pool(url, min_size=2, max_size=2)  # hybrid runs its arms on two connections at once
         try:
             for size in sizes:
                 started = time.perf_counter()
