@@ -74,7 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     usage_batch_size: int = 1000
     usage_queue_max: int = 100_000
 
-    db_pool_min: int = 1
+    db_pool_min: int = 2  # hybrid search runs its two arms at once on two connections when both are idle
     db_pool_max: int = 10
 
     # Retrieval (vector stores, ingestion, grounded chat).
