@@ -108,11 +108,13 @@ class ModelCatalog:
         cached = self._isolated.get(base.engine_model)
         if cached is not None and cached[0] is base:
             return cached[1]
+        # Cached per base route: a replica's LoRA support is learnt before the listing that builds its routes,
+        # and a change of it comes with a new listing (the identity adapter appears or is gone), so a new route.
         identity = isolation.identity_for(base.engine_model)
-        replicas = tuple(replica for replica in base.replicas if replica.lora)
-        if identity is None or not replicas:
-            return base  # not cached: a replica's LoRA support is learnt after its route was built
-        route = Route(identity, "generate", replicas, base.card)
+        replicas = tuple(replica for replica in base.replicas if replica.lora) if identity is not None else ()
+        route = Route(identity, "generate", replicas, base.card) if identity is not None and replicas else base
+        if len(self._isolated) >= 10_000:
+            self._isolated.clear()
         self._isolated[base.engine_model] = (base, route)
         return route
 
