@@ -1,7 +1,7 @@
 """Tenant LoRA adapters on real vLLM: cold load plus first request, warm TTFT, and what isolation costs.
 
     python -m loadtests.bench_adapters                          # start the chat engine; ~13 min on 2 AVX2 cores
-    python -m loadtests.bench_adapters --requests 12 --answer-rounds 2   # about 6 min there
+    python -m loadtests.bench_adapters --requests 12 --answer-rounds 2   # about 7.5 min there
     python -m loadtests.bench_adapters --chat-url http://127.0.0.1:8100   # a chat engine already running
     python -m loadtests.bench_adapters --json adapters.json     # also JSON
     python -m loadtests.bench_adapters --fake     # the fake vLLM: checks the plumbing, its figures mean nothing
@@ -32,7 +32,9 @@ Four phases, in one run:
    same moment as an adapter request, compared byte for byte (what the identity adapter protects; the e2e
    suite proves it, this shows it beside the cost): the plain base before the identity adapter is registered
    (the engine as the isolation bug was seen on), then, after phase 1, the base through the identity adapter
-   and the plain base again.
+   and the plain base again. (On the 2-core AVX2 host this was written on, the plain base's answers did not
+   change beside the adapter: the bug was seen elsewhere, so the figures say what protection costs where it
+   is needed, and this comparison says whether this host needs it.)
 2. Through ``tenantgate serve`` (uvicorn, its own embedded Postgres, ``TENANTGATE_BASE_ISOLATION=identity``,
    a tenant with an admin and a user key): base requests, alternating with the same request straight to the
    engine through the identity adapter (what the gateway sends), so the gateway's own share is known.
