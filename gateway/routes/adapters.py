@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +39,7 @@ from adapters.records import AdapterDeleted, AdapterList, AdapterObject, Adapter
 from adapters.storage import CONFIG_NAME, WEIGHTS_NAME, AdapterStore
 from adapters.validation import AdapterFiles, UploadLimits, ValidatedAdapter, unpack_archive, validate_adapter
 from gateway.auth.principal import Principal
+from gateway.engines.adapter_guard import base_model_folder
 from gateway.engines.errors import ModelNotServedError
 from gateway.engines.routes import Route
 from gateway.openapi_docs import ANY, TENANT, RawSchema, route_docs
@@ -175,23 +177,18 @@ def check_not_served(services: Services, name: str) -> None:
         raise AdapterNameTaken(f"'{name}' is the name of a model served here: choose another name.", param="name")
 
 
-def base_folder(configured: str | None, route: Route) -> Path:
-    """The folder with the base model's ``config.json``: the configured one, else the engine's ``root``."""
-    if configured:
-        return Path(configured).expanduser()
-    root = route.card.root
-    if root and (Path(root) / "config.json").is_file():
-        return Path(root)
-    model = route.card.id
-    raise BaseModelUnavailable(
-        f"The gateway cannot read {model}'s config.json: set TENANTGATE_ADAPTER_BASE_MODEL_DIRS (a folder holding"
-        f" the base model's config.json for '{model}').",
-        param="base_model",
-    )
-
-
-def load_base(configured: str | None, route: Route) -> BaseModelSpec:
-    return read_base_model(base_folder(configured, route), route.card.id)
+def load_base(base_dirs: Mapping[str, str], route: Route) -> BaseModelSpec:
+    """The base model's architecture from its ``config.json`` (the configured folder, else the engine's
+    ``root``); :class:`BaseModelUnavailable` when the gateway cannot read one."""
+    folder = base_model_folder(route.card, base_dirs)
+    if folder is None:
+        model = route.card.id
+        raise BaseModelUnavailable(
+            f"The gateway cannot read {model}'s config.json: set TENANTGATE_ADAPTER_BASE_MODEL_DIRS (a folder"
+            f" holding the base model's config.json for '{model}').",
+            param="base_model",
+        )
+    return read_base_model(folder, route.card.id)
 
 
 # -- the bytes (in a worker thread) -----------------------------------------------------------------------------
@@ -252,8 +249,7 @@ async def upload_adapter(services: Services, tenant: Principal, form: UploadForm
     check_not_served(services, form.name)
     if await records.name_taken(services.db, tenant.tenant_id, form.name):
         raise AdapterNameTaken(f"This tenant already has an adapter named '{form.name}'.", param="name")
-    configured = settings.adapter_base_model_dirs.get(form.base_model)
-    base = await asyncio.to_thread(load_base, configured, route)
+    base = await asyncio.to_thread(load_base, settings.adapter_base_model_dirs, route)
     limits = UploadLimits(max_bytes=settings.adapter_max_bytes)
     scratch = await asyncio.to_thread(store.new_scratch)
     try:
