@@ -129,7 +129,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         search_options = SearchOptions(mode=settings.search_mode)
         # Retrieval: the embedder every embedding of ingestion and search goes through (metered to the tenant),
         # and the ingestion queue, with a worker in this process unless ingestion runs apart (tenantgate worker).
-        embedder = EngineEmbedder(engines, client, meter, model=settings.embedding_model)
+        # Every engine request carries its tenant's prefix-cache salt (the key is one row in Postgres).
+        salts = CacheSalts(await read_cache_salt_key(db))
+        embedder = EngineEmbedder(engines, client, meter, model=settings.embedding_model, salts=salts)
         ingestion = await stack.enter_async_context(
             open_ingestion(
                 db_url=settings.database_url, pool=db, embedder=embedder,
@@ -143,8 +145,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Grounded chat: a chat or completion request's `retrieval` (nothing for a request without one).
         grounding = GroundingStep(db, embedder, client, search_options=search_options)
         pipeline = Pipeline(steps=(grounding.step(),), observers=(MeterUsage(meter),))
-        # Every engine request carries its tenant's prefix-cache salt (the key is one row in Postgres).
-        salts = CacheSalts(await read_cache_salt_key(db))
         inference = InferenceService(
             client, catalog, pipeline, max_event_bytes=settings.engine_max_event_bytes, shutdown=shutdown,
             salts=salts,

@@ -26,6 +26,7 @@ from gateway.engines.models import ModelCard
 from gateway.engines.pool import EnginePool
 from gateway.engines.routes import Route
 from gateway.services.metering import storable_model_name
+from gateway.services.salts import CacheSalts
 from observability.context import get_request_id
 from observability.usage import INT4_MAX, UsageEvent, UsageMeter
 from retrieval.embedding import EmbeddingModel, EmbeddingPurpose, Embeddings
@@ -65,8 +66,10 @@ class EngineEmbedder:
     """Embeds with ``model`` (or the first model the embedding engines serve) and meters every call."""
 
     def __init__(
-        self, engines: EnginePool, client: EngineClient, meter: UsageMeter, *, model: str | None = None
+        self, engines: EnginePool, client: EngineClient, meter: UsageMeter, *, model: str | None = None,
+        salts: CacheSalts | None = None,
     ) -> None:
+        self._salts = salts  # a tenant's embeddings carry its cache_salt, as its API requests do
         self._engines = engines
         self._client = client
         self._meter = meter
@@ -109,7 +112,8 @@ class EngineEmbedder:
         try:
             route = self.route()
             model = route.engine_model
-            vectors, tokens = await self._post(route, texts)
+            salt = self._salts.value(tenant_id) if self._salts is not None else None
+            vectors, tokens = await self._post(route, texts, salt)
             if model not in self._dimensions and vectors:
                 self._dimensions[model] = _dimensions_of(vectors[0])
             return Embeddings(vectors=vectors, prompt_tokens=tokens)
@@ -143,8 +147,11 @@ class EngineEmbedder:
         except (EngineError, msgspec.DecodeError, msgspec.ValidationError):
             return None
 
-    async def _post(self, route: Route, texts: Sequence[str]) -> tuple[list[str], int]:
-        body = msgspec.json.encode({"model": route.engine_model, "input": list(texts), "encoding_format": "float"})
+    async def _post(self, route: Route, texts: Sequence[str], salt: str | None = None) -> tuple[list[str], int]:
+        request: dict[str, object] = {"model": route.engine_model, "input": list(texts), "encoding_format": "float"}
+        if salt is not None:
+            request["cache_salt"] = salt
+        body = msgspec.json.encode(request)
         try:
             reply = await self._client.post(route, "/v1/embeddings", body)
         except EngineStreamBrokenError as exc:

@@ -231,3 +231,15 @@ async def test_every_engine_request_carries_the_tenants_own_cache_salt(env: Env)
     salt_a = hmac.new(key, uuid.UUID(a.tenant_id).bytes, hashlib.sha256).hexdigest()[:32]
     salt_b = hmac.new(key, uuid.UUID(b.tenant_id).bytes, hashlib.sha256).hexdigest()[:32]
     assert seen == [salt_a, salt_a, salt_b]
+
+
+async def test_the_gateways_own_embeddings_for_a_tenant_carry_its_salt(env: Env) -> None:
+    tenant = await make_tenant(env.gw, "salt-embed")
+    tenant_id = uuid.UUID(tenant.tenant_id)
+    await env.gw.services.embedder.embed(["a chunk of the tenant's document"], tenant_id=tenant_id, key_id=None,
+                                         purpose="ingestion")
+    sent = json.loads(env.gw.embed.last_body or b"{}")
+    async with env.gw.services.db.connection() as conn:
+        row = await (await conn.execute("SELECT cache_salt_key FROM platform_secrets")).fetchone()
+    assert row is not None
+    assert sent["cache_salt"] == hmac.new(bytes(row[0]), tenant_id.bytes, hashlib.sha256).hexdigest()[:32]
