@@ -56,7 +56,7 @@ class AdapterRuntime:
 
     async def retire(self, entry: AdapterEntry) -> None:
         """A deleted adapter: no new request gets it; those in flight finish; then it is unloaded everywhere."""
-        await self.placement.retire(entry.engine_name, self.generate_replicas)
+        await self.placement.retire(entry.engine_name, [r for r in self.generate_replicas if r.lora is not False])
 
     def _bad_files(self, adapter: AdapterRef, message: str) -> None:
         """An engine refused the adapter's files: it is ``failed`` (with the engine's reason) for every replica of
