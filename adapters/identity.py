@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 
 from adapters.base_model import BaseModelSpec
+from adapters.storage import CONFIG_NAME, WEIGHTS_NAME
+from adapters.validation import checksum_frame
 
 __all__ = ["IdentityAdapter", "identity_adapter"]
 
@@ -58,9 +60,9 @@ def identity_adapter(spec: BaseModelSpec) -> IdentityAdapter:
 
 
 def adapter_checksum(config: bytes, weights: bytes) -> str:
-    """The store's checksum of an adapter held in memory (the same formula as ``adapters.validation``)."""
+    """The store's checksum of an adapter held in memory (``adapters.validation.checksum_files`` over files)."""
     digest = hashlib.sha256()
-    for name, data in ((b"adapter_config.json", config), (b"adapter_model.safetensors", weights)):
-        digest.update(name + b"\0" + struct.pack("<Q", len(data)))
+    for name, data in ((CONFIG_NAME, config), (WEIGHTS_NAME, weights)):
+        digest.update(checksum_frame(name, len(data)))
         digest.update(data)
     return "sha256:" + digest.hexdigest()

@@ -112,6 +112,11 @@ def validate_adapter(
     )
 
 
+def checksum_frame(name: str, size: int) -> bytes:
+    """What precedes each file's bytes in the checksum: its name, NUL, its size as 8 bytes little-endian."""
+    return name.encode() + b"\0" + size.to_bytes(8, "little")
+
+
 def checksum_files(files: AdapterFiles) -> tuple[str, int]:
     """``("sha256:<hex>", bytes)`` over both files, each framed by its name and 8-byte little-endian length,
     read in 1 MiB pieces (design.md: the stored folder's name)."""
@@ -124,7 +129,7 @@ def checksum_files(files: AdapterFiles) -> tuple[str, int]:
         fd = _open(path, param)
         with os.fdopen(fd, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            digest.update(name.encode() + b"\0" + size.to_bytes(8, "little"))
+            digest.update(checksum_frame(name, size))
             count = 0
             while chunk := file.read(_CHUNK):
                 count += len(chunk)

@@ -13,6 +13,7 @@ import pytest
 from adapters.base_model import read_base_model
 from adapters.identity import identity_adapter
 from adapters.lora_api import LoraAlreadyLoaded, LoraApiError, LoraEngineError, LoraUnsupported
+from adapters.validation import AdapterFiles, checksum_files
 from gateway.engines.adapter_guard import AdapterGuard, base_model_folder
 from gateway.engines.models import ModelCard
 from gateway.engines.pool import ReplicaNotReadyError
@@ -91,6 +92,8 @@ async def test_a_replica_that_takes_the_identity_adapter_takes_adapters(base_dir
     folder = Path(lora.loads[0][1])
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
     assert oct(folder.stat().st_mode & 0o777) == "0o755"  # noqa: ASYNC240  # a test's look at the result
+    files = AdapterFiles(folder / "adapter_config.json", folder / "adapter_model.safetensors")
+    assert folder.name in checksum_files(files)[0]  # named by the store's checksum of the files it wrote
     assert listed[identity].parent == "base"  # listed as vLLM would list it
     assert observer.seen == [{identity}] and observer.pinned == {identity}
     # Listed already (the next check): not loaded again.
