@@ -151,7 +151,12 @@ class EngineClient:
         adapters = self._adapters if route.adapter is not None else None
         reloaded = False  # an adapter request answered 404 was sent once more
         while True:
-            lease = await self._lease(route, excluded, last_reason)
+            try:
+                lease = self._pool.lease(route, excluded) if adapters is None else await adapters.lease(route, excluded)
+            except EngineUnavailableError as exc:
+                if not excluded:
+                    raise
+                raise _unreachable(route, last_reason) from exc
             replica = lease.replica
             try:
                 resp = await self._http.request(
@@ -180,19 +185,14 @@ class EngineClient:
             return resp, lease
 
 
-    async def _lease(self, route: Route, excluded: list[Replica], last_reason: str) -> Lease:
-        """A lease on a replica of `route` outside `excluded` (placement's, for an adapter route)."""
-        try:
-            if route.adapter is None or self._adapters is None:
-                return self._pool.lease(route, excluded)
-            return await self._adapters.lease(route, excluded)
-        except EngineUnavailableError as exc:
-            if not excluded:
-                raise
-            model = route.engine_model
-            raise EngineUnavailableError(
-                f"No engine serving the model `{model}` could be reached (last: {last_reason}).", model,
-            ) from exc
+
+
+def _unreachable(route: Route, last_reason: str) -> EngineUnavailableError:
+    """No replica is left after some could not be reached: say why the last one could not."""
+    model = route.engine_model
+    return EngineUnavailableError(
+        f"No engine serving the model `{model}` could be reached (last: {last_reason}).", model
+    )
 
 
 def _map_send_error(exc: BaseException, timeouts: EngineTimeouts) -> BaseException | _Retry:
