@@ -32,7 +32,7 @@ def database(settings: Settings) -> Iterator[str]:
         return
     from gateway.db.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(settings.embedded_postgres_dir)
+    server = EmbeddedPostgres(settings.embedded_postgres_dir, settings.embedded_shared_buffers)
     url = server.start()
     try:
         yield url

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.db.embedded import is_memory_size
+
 ENV_PREFIX = "TENANTGATE_"
 MIN_ADMIN_KEY_LENGTH = 32
 
@@ -74,6 +76,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     usage_batch_size: int = 1000
     usage_queue_max: int = 100_000
 
+    # The embedded Postgres (no database_url): its shared_buffers, a Postgres memory size (see gateway/db/embedded.py)
+    embedded_shared_buffers: str = "1GB"
     db_pool_min: int = 2  # hybrid search runs its two arms at once on two connections when both are idle
     db_pool_max: int = 10
 
@@ -231,6 +235,8 @@ def _validate(settings: Settings) -> None:
     for field in ("local_chat_port", "local_embedding_port"):
         if not 0 < getattr(settings, field) < 65536:
             raise SettingsError(f"{_env_name(field)}: not a TCP port (1-65535)")
+    if not is_memory_size(settings.embedded_shared_buffers):
+        raise SettingsError(f"{_env_name('embedded_shared_buffers')}: a Postgres memory size such as 512MB or 2GB")
     if settings.db_pool_min > settings.db_pool_max:
         raise SettingsError(f"{_env_name('db_pool_min')}: larger than {_env_name('db_pool_max')}")
 

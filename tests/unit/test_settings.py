@@ -34,6 +34,8 @@ def test_toml_file_overlaid_by_environment(tmp_path: Path) -> None:
         ({"TENANTGATE_SERVER": "gunicorn"}, "TENANTGATE_SERVER"),
         ({"TENANTGATE_LOG_LEVEL": "loud"}, "TENANTGATE_LOG_LEVEL"),
         ({"TENANTGATE_PROT": "1"}, "TENANTGATE_PROT"),
+        ({"TENANTGATE_EMBEDDED_SHARED_BUFFERS": "lots"}, "TENANTGATE_EMBEDDED_SHARED_BUFFERS"),
+        ({"TENANTGATE_EMBEDDED_SHARED_BUFFERS": "1GB'; fsync = 'off"}, "TENANTGATE_EMBEDDED_SHARED_BUFFERS"),
         ({"TENANTGATE_CONFIG": "/nonexistent.toml"}, "TENANTGATE_CONFIG"),
     ],
 )
