@@ -189,7 +189,7 @@ async def check_stores(
         if not is_vector_store_id(store_id):
             raise _not_found(store_id, param)
     wanted = list(dict.fromkeys(store_ids))
-    async with tenant_transaction(pool, tenant_id) as conn:
+    async with tenant_transaction(pool, tenant_id, pipelined=True) as conn:
         cur = await conn.execute(_STORES, (TOUCH_AFTER_S, tenant_id, wanted))
         rows = await cur.fetchall()
         found = {row[0]: row for row in rows}
@@ -272,24 +272,17 @@ async def _use_index(
     ``tenant_id`` and ``vector_store_id``), and for any scope so small a share of the table that the index
     would walk past ``hnsw.max_scan_tuples`` before it met enough of its chunks. Else the index, forced
     (see ``_INDEX_PATH``)."""
-    cur = await conn.execute(_SCOPE_ESTIMATE, (tenant_id, store_ids))
-    row = await cur.fetchone()
+    scope_cur = await conn.execute(_SCOPE_ESTIMATE, (tenant_id, store_ids))
+    table_cur = await conn.execute(_TABLE_ESTIMATE)  # in one round trip with the scope's, in a pipeline
+    row = await scope_cur.fetchone()
     scope = float(row[0][0]["Plan"]["Plan Rows"]) if row else 0.0
     if scope <= options.exact_below:
         return False
-    cur = await conn.execute(_TABLE_ESTIMATE)
-    total = await cur.fetchone()
+    total = await table_cur.fetchone()
     return not total or scope >= options.index_min_share * float(total[0])
 
 
-async def _vector_arm(
-    conn: AsyncConnection[Any], tenant_id: uuid.UUID, store_ids: list[str], vector: Vector,
-    where: tuple[sql.Composable, list[Any]], limit: int,
-) -> _Ranked:
-    condition, params = where
-    query = sql.SQL(_VECTOR).format(filter=condition)
-    cur = await conn.execute(query, (vector, tenant_id, store_ids, *params, vector, limit))
-    rows = await cur.fetchall()
+def _vector_ranked(rows: Sequence[tuple[Any, ...]]) -> _Ranked:
     ranked = [(int(row[0]), max(0.0, min(1.0, float(row[1])))) for row in rows]
     ranked.sort(key=lambda item: -item[1])  # relaxed_order: the index may hand them slightly out of order
     return ranked
@@ -446,10 +439,14 @@ async def _vector_lists(
     index = await _use_index(conn, tenant_id, stores, options)
     if index:
         await conn.execute(_INDEX_PATH, (str(options.ef_search),))
-    lists = [await _vector_arm(conn, tenant_id, stores, vector, where, limit) for vector in vectors]
+    condition, params = where
+    query = sql.SQL(_VECTOR).format(filter=condition)
+    # Every query is sent before any answer is read: in a pipelined transaction, the settings, the searches and
+    # the reset travel in one round trip.
+    cursors = [await conn.execute(query, (vector, tenant_id, stores, *params, vector, limit)) for vector in vectors]
     if index:
         await conn.execute(_RESET_PATH)
-    return lists
+    return [_vector_ranked(await cur.fetchall()) for cur in cursors]
 
 
 async def _text_lists(
@@ -464,7 +461,7 @@ async def _text_lists_apart(
     where: tuple[sql.Composable, list[Any]], limit: int, options: SearchOptions,
 ) -> list[_Ranked]:
     """The text arm in a tenant transaction of its own, to run while the vector arm runs on another."""
-    async with tenant_transaction(pool, tenant_id) as conn:
+    async with tenant_transaction(pool, tenant_id, pipelined=True) as conn:
         return await _text_lists(conn, tenant_id, stores, queries, where, limit, options)
 
 
@@ -504,7 +501,7 @@ async def search_chunks(
     arms = (tenant_id, stores)
     vector_lists: list[_Ranked] = []
     text_lists: list[_Ranked] = []
-    async with tenant_transaction(pool, tenant_id) as conn:
+    async with tenant_transaction(pool, tenant_id, pipelined=True) as conn:
         apart = None
         if mode == "hybrid" and options.parallel_arms and _idle_connection(pool):
             apart = asyncio.ensure_future(_text_lists_apart(pool, *arms, queries, where, limit, options))

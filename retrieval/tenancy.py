@@ -28,9 +28,20 @@ async def scope_to_tenant(conn: AsyncConnection[Any], tenant_id: uuid.UUID) -> N
 
 @asynccontextmanager
 async def tenant_transaction(
-    pool: AsyncConnectionPool[Any], tenant_id: uuid.UUID
+    pool: AsyncConnectionPool[Any], tenant_id: uuid.UUID, *, pipelined: bool = False
 ) -> AsyncIterator[AsyncConnection[Any]]:
-    """A connection in a transaction that sees and changes only ``tenant_id``'s rows (committed on success)."""
-    async with pool.connection() as conn, conn.transaction():
-        await scope_to_tenant(conn, tenant_id)
-        yield conn
+    """A connection in a transaction that sees and changes only ``tenant_id``'s rows (committed on success).
+
+    ``pipelined``: the connection is in libpq's pipeline mode: statements whose results nobody reads yet (the
+    ``BEGIN``, the scope, a ``set_config``) travel with the next one that is read, so a short read-only
+    transaction costs fewer round trips (search: four instead of nine). An error then surfaces at the next read
+    or at the end of the block, still inside the transaction, which is rolled back."""
+    async with pool.connection() as conn:
+        if not pipelined:
+            async with conn.transaction():
+                await scope_to_tenant(conn, tenant_id)
+                yield conn
+            return
+        async with conn.pipeline(), conn.transaction():
+            await scope_to_tenant(conn, tenant_id)
+            yield conn

@@ -76,3 +76,31 @@ async def test_the_tenant_role_without_a_tenant_sees_nothing(db_pool: AsyncConne
         for table in TABLES:
             cur = await conn.execute(f"SELECT count(*) FROM {table}")
             assert await cur.fetchone() == (0,), table
+
+
+async def test_a_pipelined_tenant_transaction_is_scoped_and_an_error_in_it_rolls_it_back(
+    db_pool: AsyncConnectionPool,
+) -> None:
+    """Search's pipelined transactions (statements sent before earlier answers are read) are scoped the same way,
+    and a statement that fails mid-pipeline surfaces, rolls the whole transaction back and leaves the pooled
+    connection clean."""
+    a, b, _, store_b = await _two_tenants(db_pool)
+    async with tenant_transaction(db_pool, a, pipelined=True) as conn:
+        users = await conn.execute("SELECT current_user")
+        tenants = await conn.execute("SELECT DISTINCT tenant_id FROM chunks")
+        assert await tenants.fetchall() == [(a,)]
+        assert await users.fetchone() == (TENANT_ROLE,)
+
+    async def update_then_fail() -> None:
+        async with tenant_transaction(db_pool, b, pipelined=True) as conn:
+            await conn.execute("UPDATE vector_stores SET name = 'changed' WHERE id = %s", (store_b,))
+            await conn.execute("SELECT 1 / 0")
+            after = await conn.execute("SELECT 1")
+            await after.fetchall()
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        await update_then_fail()
+    async with db_pool.connection() as conn:
+        cur = await conn.execute("SELECT name <> 'changed', current_user <> %s FROM vector_stores WHERE id = %s",
+                                 (TENANT_ROLE, store_b))
+        assert await cur.fetchone() == (True, True)
