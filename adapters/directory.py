@@ -35,6 +35,26 @@ log = logging.getLogger(__name__)
 _MAX_IDS = 1000  # a burst naming more adapters than this reloads everything instead
 
 
+async def _readable(fd: int, seconds: float) -> bool:
+    """Whether ``fd`` became readable within ``seconds`` (one reader, no polling)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, _settle, ready)
+    try:
+        async with asyncio.timeout(seconds):
+            await ready
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+    return True
+
+
+def _settle(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
 def _connect_args(pool: AsyncConnectionPool[Any]) -> tuple[str, dict[str, Any]]:
     """How ``pool`` connects, for a connection of its own (LISTEN needs one that stays, outside the pool)."""
     if not isinstance(pool.conninfo, str) or not isinstance(pool.kwargs, dict | None):
@@ -209,14 +229,18 @@ class AdapterDirectory:
         self, conn: psycopg.AsyncConnection[Any], pool: AsyncConnectionPool[Any], debounce: float, interval: float
     ) -> None:
         while True:
-            ids: set[str] = set()
-            async for note in conn.notifies(timeout=interval, stop_after=1):
-                ids.add(note.payload)
-            if not ids:
+            # Wait for the socket ourselves: psycopg's own wait (``conn.notifies``) wakes every 100 ms to check
+            # for interrupts, 10 loop wakes a second in every gateway process for a table that rarely changes.
+            # (A notification that came with the LISTEN's answer sits in psycopg's backlog without making the
+            # socket readable: its change was committed before the refresh that follows LISTEN, which saw it.)
+            if not await _readable(conn.fileno(), interval):
                 await self.refresh(pool)  # the periodic full reload
                 continue
+            ids: set[str] = set()
             async for note in conn.notifies(timeout=debounce):  # gather a burst into one query
                 ids.add(note.payload)
+            if not ids:  # something else was readable (a notice, a parameter change); a lost connection raised
+                continue
             if len(ids) > _MAX_IDS:
                 await self.refresh(pool)
             else:
