@@ -1,6 +1,6 @@
 """What the request pipeline costs per call: ``InferenceService`` against an in-process fake engine client.
 
-    python -m tests.bench.bench_pipeline [--requests 20000] [--rounds 7]
+    python -m tests.bench.bench_pipeline [--requests 20000] [--rounds 7] [--base-parts]
 
 Each call is built as the inference route builds it (a ``Call`` with the decoded request, the raw body and
 the upstream headers) and run to its end: a non-streaming chat answer, and a stream of 16 chunks with
@@ -9,6 +9,14 @@ whole. Usage metering, the built-in observer, records into a ``UsageMeter`` that
 figures are microseconds of CPU per call (``time.process_time``), the median of ``--rounds``, for the
 built-in parts alone and with one no-op step, one no-op stream filter and one extra observer installed.
 Nothing here is a test: the figures go in the README.
+
+``--base-parts``: what tenant adapters (issue 11) add to a call that names a base model, part by part, each
+variant one step beyond the one before, alternated round by round: the tenant's ``cache_salt`` spliced into the
+body, model resolution through the ``ModelCatalog`` with the adapter directory and base isolation (a replica
+without runtime LoRA: the base route itself), and a base model on a replica that takes LoRA adapters (sent as its
+identity adapter: the model renamed in the body, which then is decoded and encoded again, and the public name put
+back in the answer or in every stream event). Then the same parts alone, timed with ``timeit`` (the smallest of
+several repeats), for the ``--body-kb`` sizes of request bodies.
 """
 
 from __future__ import annotations
@@ -17,29 +25,35 @@ import argparse
 import asyncio
 import statistics
 import time
+import timeit
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from gateway.auth.principal import Principal
 from gateway.engines.client import EngineReply
 from gateway.engines.models import ModelCard
+from gateway.engines.pool import EnginePool
 from gateway.engines.replica import Purpose, Replica
 from gateway.engines.routes import Route
 from gateway.openai.requests import ChatCompletionRequest
 from gateway.services.call import Call
+from gateway.services.catalog import AdapterEntryLike, ModelCatalog
 from gateway.services.inference import InferenceService, StreamReply
 from gateway.services.metering import MeterUsage
+from gateway.services.model_names import PublicModelName
 from gateway.services.pipeline import Pipeline
+from gateway.services.salts import CacheSalts
 from observability.usage import UsageMeter
 
 MODEL = "bench-chat"
 REPLICA = Replica("http://engine:8000", "generate")
 ROUTE = Route(MODEL, "generate", (REPLICA,), ModelCard(id=MODEL))
 PRINCIPAL = Principal(uuid.uuid4(), "bench", uuid.uuid4(), "user")
+NOW = datetime.now(UTC)
 ANSWER = msgspec.json.encode({
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": MODEL,
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "w " * 16}, "finish_reason": "length"}],
@@ -115,6 +129,136 @@ class NoOpObserver:
         return None
 
 
+IDENTITY = "tga-" + "0" * 32  # the identity adapter's engine name (the form of a real one)
+SALT_KEY = bytes(range(32))
+
+
+def answer_of(engine_model: str) -> tuple[bytes, list[bytes]]:
+    """The engine's answer and stream chunks, naming the model as the engine was sent it."""
+    name = msgspec.json.encode(engine_model)
+    return ANSWER.replace(b'"bench-chat"', name), [c.replace(b'"bench-chat"', name) for c in CHUNKS]
+
+
+class NamedEngines(FakeEngines):
+    """The fake engine client answering under ``engine_model``."""
+
+    def __init__(self, engine_model: str) -> None:
+        body, self._chunks = answer_of(engine_model)
+        self.reply = EngineReply(200, body, REPLICA)
+
+    async def open_stream(
+        self, route: Route, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> EngineReply | FakeStream:
+        stream = FakeStream()
+        stream._chunks = iter(self._chunks)
+        return stream
+
+
+class OneRoutePool:
+    """The part of ``EnginePool`` the catalog reads: one generation route."""
+
+    def __init__(self, route: Route) -> None:
+        self._route = route
+
+    def route(self, model: str, purpose: Purpose) -> Route:
+        return self._route
+
+
+class NoAdapters:
+    """The adapter directory of a gateway where no tenant has an adapter."""
+
+    def lookup(self, tenant_id: uuid.UUID, name: str) -> AdapterEntryLike | None:
+        return None
+
+    def for_tenant(self, tenant_id: uuid.UUID) -> list[AdapterEntryLike]:
+        return []
+
+
+class Identities:
+    """The guard's identity adapter names (``AdapterGuard.identity_for``): every base model has one."""
+
+    def identity_for(self, base_model: str) -> str | None:
+        return IDENTITY
+
+
+BASE_PARTS = ("before issue 11", "+ cache_salt", "+ catalog, isolation (no LoRA)", "isolated (LoRA replica)")
+
+
+def base_part_service(part: int) -> InferenceService:
+    """The service of variant ``part`` of ``BASE_PARTS`` (each includes the ones before it)."""
+    meter = UsageMeter(None, batch_size=10**9, max_pending=10**9)  # type: ignore[arg-type]  # never flushed
+    pipeline = Pipeline(observers=(MeterUsage(meter),))
+    salts = CacheSalts(SALT_KEY) if part >= 1 else None
+    replica = Replica(REPLICA.url, "generate")
+    replica.lora = part >= 3
+    pool = cast(EnginePool, OneRoutePool(Route(MODEL, "generate", (replica,), ModelCard(id=MODEL))))
+    # before issue 11, the catalog looked the route up and asked the grants; now also the adapter directory
+    # (only for a name no engine serves) and the isolated route of a base model
+    models = ModelCatalog(pool, adapters=NoAdapters(), isolation=Identities()) if part >= 2 else ModelCatalog(pool)
+    engines = NamedEngines(IDENTITY if part >= 3 else MODEL)
+    return InferenceService(engines, models, pipeline, salts=salts)
+
+
+async def measure_base_parts(requests: int, rounds: int) -> None:
+    print(f"What tenant adapters add to a base-model call: CPU us per call, median of {rounds} rounds of {requests}")
+    for stream in (False, True):
+        figures: list[list[float]] = [[] for _ in BASE_PARTS]
+        for _ in range(rounds):
+            for part in range(len(BASE_PARTS)):  # alternated, so drift hits all alike
+                figures[part].append(await one_round(base_part_service(part), stream, requests))
+        kind = "stream of 16 chunks" if stream else "non-streaming"
+        previous = None
+        for name, values in zip(BASE_PARTS, figures, strict=True):
+            median = statistics.median(values)
+            step = "" if previous is None else f"  ({median - previous:+.2f} us)"
+            print(f"  {kind:<19} {name:<31} {median:7.2f} us{step}")
+            previous = median
+
+
+def time_parts(body_kbs: list[int]) -> None:
+    """Each part alone, with ``timeit``: the smallest of 7 repeats, per operation."""
+    salts = CacheSalts(SALT_KEY)
+    tenant = PRINCIPAL.tenant_id
+    catalog_before = ModelCatalog(cast(EnginePool, OneRoutePool(ROUTE)))
+    catalog_now = ModelCatalog(cast(EnginePool, OneRoutePool(ROUTE)), adapters=NoAdapters(), isolation=Identities())
+    public = PublicModelName(IDENTITY, MODEL)
+    answer, chunks = answer_of(IDENTITY)
+
+    def per_op(fn: Any, number: int = 100_000) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
+
+    def body_of(kb: int) -> bytes:
+        content = "hello " * max(1, kb * 1024 // 6)
+        return msgspec.json.encode({"model": MODEL, "messages": [{"role": "user", "content": content}],
+                                    "max_tokens": 16})
+
+    print("The parts alone (timeit, smallest of 7 repeats), us per call")
+    print(f"  salt lookup (CacheSalts.json_value)          {per_op(lambda: salts.json_value(tenant)):7.3f}")
+    print(f"  resolve, catalog before issue 11             "
+          f"{per_op(lambda: catalog_before.resolve(PRINCIPAL, MODEL, 'generate')):7.3f}")
+    print(f"  resolve, catalog with isolation (no LoRA)    "
+          f"{per_op(lambda: catalog_now.resolve(PRINCIPAL, MODEL, 'generate')):7.3f}")
+    print(f"  answer filter: public name in the answer     {per_op(lambda: public.answer(answer)):7.3f}")
+    print(f"  stream filter: public name in 18 events      {per_op(lambda: [public.event(c) for c in chunks]):7.3f}")
+    for kb in body_kbs:
+        body = body_of(kb)
+        salt = salts.json_value(tenant)
+
+        def engine_body(edit: int, body: bytes = body, salt: bytes = salt) -> bytes:
+            call = Call(PRINCIPAL, "chat.completions", "req_bench", 0.0, NOW)
+            call.body = body
+            if edit >= 1:
+                call.set_field("cache_salt", salt, absent=True)
+            if edit >= 2:
+                call.set_field("model", msgspec.json.encode(IDENTITY))
+            return call.engine_body()
+
+        number = max(1000, 100_000 // kb)
+        plain, salted, renamed = (per_op(lambda edit=edit: engine_body(edit), number) for edit in range(3))
+        print(f"  engine body of {len(body):>7} bytes: as sent {plain:7.3f}, + salt spliced {salted:7.3f} "
+              f"(+{salted - plain:.3f}), + model renamed (decoded, encoded) {renamed:7.3f} (+{renamed - plain:.3f})")
+
+
 def make_service(extras: bool) -> InferenceService:
     meter = UsageMeter(None, batch_size=10**9, max_pending=10**9)  # type: ignore[arg-type]  # never flushed
     observers: tuple[Any, ...] = (MeterUsage(meter),)
@@ -162,7 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--base-parts", action="store_true", help="what tenant adapters add to a base-model call")
+    parser.add_argument("--body-kb", type=int, nargs="*", default=[1, 16, 128], help="request sizes for --base-parts")
     args = parser.parse_args(argv)
+    if args.base_parts:
+        asyncio.run(measure_base_parts(args.requests, args.rounds))
+        time_parts(args.body_kb)
+        return
     asyncio.run(measure(args.requests, args.rounds))
 
 
