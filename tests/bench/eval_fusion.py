@@ -11,13 +11,19 @@ all-MiniLM-L6-v2 (254 tokens, 127 overlap), written straight into an embedded Po
 The fusion weight is tuned on this set: the last columns give the even and the odd questions apart, so a weight
 chosen on one half can be checked on the other.
 
+``--chunking SIZE/OVERLAP`` chunks at another size and overlap (tokens) instead of ingestion's 254/127.
+``--misses`` also prints, for each question the default hybrid search misses at 5, where the labelled passage
+is: its rank among the first 40 of hybrid, vector and text search, the page's chunks that hold the answer whole
+(none: the chunker split it), and the 5 chunks found instead.
+
 Run::
 
-    .venv/bin/python -m tests.bench.eval_fusion
+    .venv/bin/python -m tests.bench.eval_fusion [--chunking 254/127] [--misses]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 import shutil
@@ -35,7 +41,7 @@ from gateway.db.migrations import upgrade
 from gateway.db.pool import open_pool
 from retrieval.chunking import chunk_document
 from retrieval.parsing import parse_document
-from retrieval.search import SearchMode, SearchOptions, search_chunks
+from retrieval.search import DEFAULT_OPTIONS, SearchHit, SearchMode, SearchOptions, search_chunks
 from retrieval.tokens import Tokenizer
 from tests.integration.search_fixtures import add_file, add_store, add_tenant, as_pgvector
 
@@ -96,7 +102,45 @@ VARIANTS: list[tuple[str, SearchMode, SearchOptions]] = [
 ]
 
 
-async def run() -> None:
+def _holds(q: Question, files: dict[str, str], hit: SearchHit) -> bool:
+    """A hit is of the labelled page and holds the labelled answer whole (whitespace ignored)."""
+    return files[hit.file_id] == q.file and _squash(q.answer) in _squash(hit.text)
+
+
+def _rank(q: Question, files: dict[str, str], hits: Sequence[SearchHit]) -> str:
+    return next((str(i) for i, hit in enumerate(hits, start=1) if _holds(q, files, hit)), "-")
+
+
+_MISS_SEARCHES: tuple[tuple[SearchMode, int], ...] = (("hybrid", K), ("hybrid", 40), ("vector", 40), ("text", 40))
+
+
+async def print_misses(
+    pool: Any, tenant: uuid.UUID, store: str, files: dict[str, str], pages: dict[str, list[str]],
+    questions: Sequence[Question], query_vectors: Sequence[Sequence[float]],
+) -> None:
+    """Where the labelled passage is, for each question the default hybrid search misses at K."""
+    print(f"\nmisses of hybrid ({DEFAULT_OPTIONS.fusion} {DEFAULT_OPTIONS.vector_weight}) at {K}: the labelled "
+          "passage's rank in the first 40 of each mode, and the page's chunks holding the answer", flush=True)
+    for number, (q, qv) in enumerate(zip(questions, query_vectors, strict=True)):
+        found: dict[tuple[SearchMode, int], list[SearchHit]] = {}
+        for mode, limit in _MISS_SEARCHES:
+            found[mode, limit] = await search_chunks(
+                pool, tenant, [store], queries=[q.question], vectors=[as_pgvector(qv)], mode=mode,
+                max_num_results=limit,
+            )
+        if _rank(q, files, found["hybrid", K]) != "-":
+            continue
+        holders = [i for i, text in enumerate(pages[q.file]) if _squash(q.answer) in _squash(text)]
+        half = "even" if number % 2 == 0 else "odd"
+        print(f"{q.id} ({half}, {q.kind}) {q.question!r} -> {q.file}: {q.answer!r}\n"
+              f"  rank hybrid {_rank(q, files, found['hybrid', 40])}, vector {_rank(q, files, found['vector', 40])},"
+              f" text {_rank(q, files, found['text', 40])}; chunks holding the answer: {holders or 'none'}"
+              f" of {len(pages[q.file])}")
+        for hit in found["hybrid", K]:
+            print(f"    {files[hit.file_id]} #{hit.chunk_index} {hit.score:.3f} {hit.text[:80]!r}")
+
+
+async def run(size: int = 254, overlap: int = 127, misses: bool = False) -> None:
     lines = (DATA / "questions.jsonl").read_bytes().splitlines()
     questions = [msgspec.json.decode(line, type=Question) for line in lines if line.strip()]
     tokenizer = Tokenizer.from_dir(_model_dir())
@@ -104,12 +148,12 @@ async def run() -> None:
     pages: dict[str, list[str]] = {}
     for page in sorted((DATA / "pages").iterdir()):
         doc = parse_document(page.read_bytes())
-        pages[page.name] = [c.text for c in chunk_document(doc, tokenizer, max_tokens=254, overlap_tokens=127)]
+        pages[page.name] = [c.text for c in chunk_document(doc, tokenizer, max_tokens=size, overlap_tokens=overlap)]
     total = sum(len(v) for v in pages.values())
     started = time.perf_counter()
     vectors = {name: model.embed(texts) for name, texts in pages.items()}
-    print(f"{len(pages)} pages, {total} chunks embedded in {time.perf_counter() - started:.0f} s; "
-          f"{len(questions)} questions", flush=True)
+    print(f"{len(pages)} pages, {total} chunks ({size}/{overlap} tokens) embedded in "
+          f"{time.perf_counter() - started:.0f} s; {len(questions)} questions", flush=True)
     query_vectors = model.embed([q.question for q in questions])
     root = Path(tempfile.mkdtemp(prefix="eval-fusion-"))
     server = EmbeddedPostgres(root / "data")
@@ -135,8 +179,7 @@ async def run() -> None:
                 hits = await search_chunks(pool, tenant, [store], queries=[q.question], vectors=[as_pgvector(qv)],
                                            mode=mode, options=options, max_num_results=K)
                 # A hit: one of the first K chunks is of the labelled page and holds the labelled answer.
-                answer = _squash(q.answer)
-                good = [files[h.file_id] == q.file and answer in _squash(h.text) for h in hits[:K]]
+                good = [_holds(q, files, h) for h in hits[:K]]
                 hit = 1.0 if any(good) else 0.0
                 rr = 1.0 / (good.index(True) + 1) if any(good) else 0.0
                 stats["all"].append(hit)
@@ -156,11 +199,22 @@ async def run() -> None:
                   f"{mean(stats['even']):.3f}/{mean(stats['evenrr']):.3f} "
                   f"{mean(stats['odd']):.3f}/{mean(stats['oddrr']):.3f}",
                   flush=True)
+        if misses:
+            await print_misses(pool, tenant, store, files, pages, questions, query_vectors)
         await pool.close()
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--chunking", default="254/127", help="SIZE/OVERLAP in tokens (ingestion's: 254/127)")
+    parser.add_argument("--misses", action="store_true", help="where the labelled passage is, for each hybrid miss")
+    args = parser.parse_args()
+    size, _, overlap = args.chunking.partition("/")
+    asyncio.run(run(int(size), int(overlap or 0), args.misses))
+
+
 if __name__ == "__main__":
-    asyncio.run(run())
+    main()
