@@ -5,8 +5,8 @@ of the first 5 chunks is of the labelled page and holds the labelled answer (whi
 ``loadtests/bench_retrieval.py`` counts it through the gateway (whose figures these match).
 
 Pages are parsed and chunked by ``retrieval.parsing`` and ``retrieval.chunking`` as ingestion does for
-all-MiniLM-L6-v2 (254 tokens, 127 overlap), written straight into an embedded Postgres, and searched with
-``retrieval.search.search_chunks``; no gateway, no engine.
+all-MiniLM-L6-v2 (254 tokens, 127 overlap), written straight into an embedded Postgres (with their character
+spans, as ingestion writes them), and searched with ``retrieval.search.search_chunks``; no gateway, no engine.
 
 The fusion weight is tuned on this set: the last columns give the even and the odd questions apart, so a weight
 chosen on one half can be checked on the other.
@@ -39,7 +39,7 @@ import msgspec
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.migrations import upgrade
 from gateway.db.pool import open_pool
-from retrieval.chunking import chunk_document
+from retrieval.chunking import Chunk, chunk_document
 from retrieval.parsing import parse_document
 from retrieval.search import DEFAULT_OPTIONS, SearchHit, SearchMode, SearchOptions, search_chunks
 from retrieval.tokens import Tokenizer
@@ -145,10 +145,11 @@ async def run(size: int = 254, overlap: int = 127, misses: bool = False) -> None
     questions = [msgspec.json.decode(line, type=Question) for line in lines if line.strip()]
     tokenizer = Tokenizer.from_dir(_model_dir())
     model = MiniLM()
-    pages: dict[str, list[str]] = {}
+    chunks: dict[str, list[Chunk]] = {}
     for page in sorted((DATA / "pages").iterdir()):
         doc = parse_document(page.read_bytes())
-        pages[page.name] = [c.text for c in chunk_document(doc, tokenizer, max_tokens=size, overlap_tokens=overlap)]
+        chunks[page.name] = chunk_document(doc, tokenizer, max_tokens=size, overlap_tokens=overlap)
+    pages = {name: [c.text for c in page_chunks] for name, page_chunks in chunks.items()}
     total = sum(len(v) for v in pages.values())
     started = time.perf_counter()
     vectors = {name: model.embed(texts) for name, texts in pages.items()}
@@ -165,9 +166,15 @@ async def run(size: int = 254, overlap: int = 127, misses: bool = False) -> None
         async with pool.connection() as conn:
             tenant: uuid.UUID = await add_tenant(conn)
             store = await add_store(conn, tenant)
-            for name, texts in pages.items():
-                given = [as_pgvector(v) for v in vectors[name]]
-                file_id = await add_file(conn, tenant, store, name, texts, vectors=given)
+            for name in pages:
+                file_id = await add_file(conn, tenant, store, name, [])  # the file; its chunks with their spans:
+                async with conn.cursor() as cur, cur.copy(
+                    "COPY chunks (tenant_id, vector_store_id, file_id, chunk_index, text, tokens, char_start, char_end,"
+                    " embedding) FROM STDIN"
+                ) as copy:
+                    for c, vector in zip(chunks[name], vectors[name], strict=True):
+                        await copy.write_row((tenant, store, file_id, c.index, c.text, max(1, c.tokens), c.char_start,
+                                              c.char_end, as_pgvector(vector)))
                 files[file_id] = name
             await conn.execute("ANALYZE chunks")
         print(f"{'':22s} {'recall@5':>9s} {'MRR@5':>7s}   identifier questions: recall@5 MRR@5   even    odd")
