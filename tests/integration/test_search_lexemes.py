@@ -90,3 +90,21 @@ async def test_hybrid_on_two_connections_gives_what_one_gives(db_pool: AsyncConn
         ]
         assert results[0] == results[1]
         assert results[0]
+
+
+async def test_a_dotted_name_is_found_by_its_last_part_and_by_the_whole(db_pool: AsyncConnectionPool) -> None:
+    """Postgres's parser reads ``errno.EAGAIN`` as one host-name token; migration 0008 indexes its last part
+    too, so the bare identifier finds the chunk that names it with its module (the text itself is unchanged)."""
+    text = "Raised when a non-blocking call would block: errno.EAGAIN, see also os.set_blocking()."
+    async with db_pool.connection() as conn:
+        tenant = await add_tenant(conn)
+        store = await add_store(conn, tenant)
+        wanted = await add_file(conn, tenant, store, "errno.txt", [text])
+        await add_file(conn, tenant, store, "other.txt", ["Blocking sockets wait for data."])
+    for query in ("EAGAIN", "errno.EAGAIN"):
+        hits = await search_chunks(db_pool, tenant, [store], queries=[query], vectors=[], mode="text",
+                                   max_num_results=2)
+        assert [hit.file_id for hit in hits] == [wanted], query
+        assert hits[0].text == text
+    counts = await _counts(db_pool, tenant, store)
+    assert counts["eagain"] == 1 and counts["errno.eagain"] == 1
