@@ -112,7 +112,7 @@ class EngineEmbedder:
         try:
             route = self.route()
             model = route.engine_model
-            salt = self._salts.value(tenant_id) if self._salts is not None else None
+            salt = self._salts.json_value(tenant_id) if self._salts is not None else None
             vectors, tokens = await self._post(route, texts, salt)
             if model not in self._dimensions and vectors:
                 self._dimensions[model] = _dimensions_of(vectors[0])
@@ -147,10 +147,10 @@ class EngineEmbedder:
         except (EngineError, msgspec.DecodeError, msgspec.ValidationError):
             return None
 
-    async def _post(self, route: Route, texts: Sequence[str], salt: str | None = None) -> tuple[list[str], int]:
+    async def _post(self, route: Route, texts: Sequence[str], salt: bytes | None = None) -> tuple[list[str], int]:
         request: dict[str, object] = {"model": route.engine_model, "input": list(texts), "encoding_format": "float"}
-        if salt is not None:
-            request["cache_salt"] = salt
+        if salt is not None:  # the salt's raw JSON value, as inference splices it
+            request["cache_salt"] = msgspec.Raw(salt)
         body = msgspec.json.encode(request)
         try:
             reply = await self._client.post(route, "/v1/embeddings", body)

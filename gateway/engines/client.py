@@ -185,8 +185,6 @@ class EngineClient:
             return resp, lease
 
 
-
-
 def _unreachable(route: Route, last_reason: str) -> EngineUnavailableError:
     """No replica is left after some could not be reached: say why the last one could not."""
     model = route.engine_model

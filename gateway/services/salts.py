@@ -34,10 +34,6 @@ class CacheSalts:
         self._key = key
         self._salts: dict[uuid.UUID, bytes] = {}
 
-    def value(self, tenant_id: uuid.UUID) -> str:
-        """The salt itself (32 hex characters)."""
-        return self.json_value(tenant_id)[1:-1].decode("ascii")
-
     def json_value(self, tenant_id: uuid.UUID) -> bytes:
         """``"<32 hex>"``: the salt as the raw JSON value of the body's ``cache_salt`` field."""
         salt = self._salts.get(tenant_id)
